@@ -21,7 +21,8 @@ app = typer.Typer(
 # Each module defines ``register(app)``; the order is the order of `kvbench --help`.
 COMMAND_MODULES = (
     "kvbench.workloads.commands",  # generate ..., inspect
-    "kvbench.sim.commands",  # replay, calibrate
+    "kvbench.replay",  # replay (sim and HTTP targets, sweeps)
+    "kvbench.sim.commands",  # calibrate
     "kvbench.http.commands",  # gateway, cluster up/down, model tiny
     "kvbench.report.commands",  # report
     "kvbench.experiment",  # run

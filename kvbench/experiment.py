@@ -1,7 +1,330 @@
-"""Command registration (filled in by its area)."""
+"""`kvbench run SPEC.toml`: generate -> replay every combination over several seeds -> summarise -> report.
+
+A spec (``workloads/*.toml``) names its source setup and fixes everything a reproduction needs::
+
+    name = "rlt-gsp-random"
+    title = "..."            # one line for tables
+    source = "..."           # the published setup this reproduces
+    offline = "..."          # what stands in for unavailable data offline (synthetic, say so)
+    seeds = [0, 1, 2, 3, 4]
+
+    [generate]               # a `kvbench generate KIND` call; args are its options without dashes
+    kind = "gsp"
+    args = { groups = 128, order = "random" }
+
+    [replay]                 # ReplaySpec fields shared by every combination
+    workers = 4
+    cache_tokens = 200000
+    eviction = ["lru", "rlt"]        # lists: the cross product is run
+    router = ["cache_aware", "lbgr"]
+
+    [sweep]                  # optional: one parameter varied across values
+    field = "cache_tokens"   # a ReplaySpec field, or "generate.<option>"
+    values = [50000, 100000]
+
+Work is resumable: a combination whose ``run.json`` exists is not rerun, a trace that exists is not
+regenerated, and when nothing new ran no file is rewritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import tomllib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from kvbench.errors import KvbenchError, fail
+from kvbench.fsutil import write_text_atomic
+from kvbench.replay import ReplaySpec
+
+SUMMARY_METRICS = (
+    "hit_rate",
+    "mean_ttft_ms",
+    "median_ttft_ms",
+    "p99_ttft_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
+    "request_throughput",
+    "total_token_throughput",
+    "requests_cv",
+)
+_LIST_FIELDS = ("eviction", "router")
+_REPLAY_FIELDS = {f.name for f in fields(ReplaySpec)} - {"trace", "output", "progress"}
+
+
+@dataclass
+class Experiment:
+    name: str
+    path: Path
+    title: str
+    source: str
+    offline: str
+    seeds: list[int]
+    gen_kind: str
+    gen_args: dict[str, Any]
+    replay: dict[str, Any]
+    evictions: list[str]
+    routers: list[str]
+    sweep_field: str | None = None
+    sweep_values: list[Any] = field(default_factory=list)
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(path: str | Path) -> Experiment:
+    p = Path(path)
+    if not p.exists():
+        raise fail(f"{p}: no such spec file; see workloads/ for examples")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"{p}: invalid TOML ({exc})") from None
+    where = str(p)
+    for key in ("name", "generate", "replay"):
+        if key not in data:
+            raise fail(f"{where}: missing '{key}'; see the module docstring of kvbench.experiment")
+    gen = data["generate"]
+    if "kind" not in gen:
+        raise fail(f"{where}: [generate] needs kind = \"gsp\" | \"docqa\" | \"conversation\" | \"trace\"")
+    replay = dict(data["replay"])
+    unknown = set(replay) - _REPLAY_FIELDS
+    if unknown:
+        raise fail(f"{where}: unknown [replay] field(s) {', '.join(sorted(unknown))}; "
+                   f"valid: {', '.join(sorted(_REPLAY_FIELDS))}")
+    lists = {}
+    for key in _LIST_FIELDS:
+        val = replay.pop(key, ReplaySpec.__dataclass_fields__[key].default)
+        vals = [val] if isinstance(val, str) else list(val)
+        if not vals:
+            raise fail(f"{where}: [replay] {key} is empty")
+        lists[key] = vals
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
+        raise fail(f"{where}: seeds must be a non-empty list of integers")
+    sweep = data.get("sweep") or {}
+    sweep_field = sweep.get("field")
+    sweep_values = list(sweep.get("values", []))
+    if sweep_field is not None:
+        if not sweep_values:
+            raise fail(f"{where}: [sweep] needs values = [...]")
+        if not (sweep_field.startswith("generate.") or sweep_field in _REPLAY_FIELDS):
+            raise fail(f"{where}: [sweep] field '{sweep_field}' is neither a replay field nor generate.<option>")
+    return Experiment(
+        name=str(data["name"]), path=p, title=str(data.get("title", data["name"])), source=str(data.get("source", "")),
+        offline=str(data.get("offline", "")), seeds=seeds, gen_kind=str(gen["kind"]), gen_args=dict(gen.get("args", {})),
+        replay=replay, evictions=lists["eviction"], routers=lists["router"], sweep_field=sweep_field,
+        sweep_values=sweep_values, paper=dict(data.get("paper", {})),
+    )
+
+
+def _cli_args(args: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, val in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(val, bool):
+            out.append(flag if val else "--no-" + key.replace("_", "-"))
+        elif isinstance(val, list):
+            out += [flag, ",".join(str(v) for v in val)]
+        else:
+            out += [flag, str(val)]
+    return out
+
+
+def _value_tag(value: Any) -> str:
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+@dataclass
+class Job:
+    spec: ReplaySpec
+    seed: int
+    sweep_value: Any
+    eviction: str
+    router: str
+
+    @property
+    def done(self) -> bool:
+        return (self.spec.output / "run.json").exists()
+
+
+def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tuple[Path, list[str]]], list[Job]]:
+    """Traces to generate (path, CLI argv) and replay jobs, in a stable order."""
+    gens: dict[Path, list[str]] = {}
+    jobs: list[Job] = []
+    values = exp.sweep_values if exp.sweep_field else [None]
+    evictions = exp.evictions
+    if target and target != "sim":
+        evictions = evictions[:1]  # a real cluster's eviction is fixed when it is started
+    for value in values:
+        gen_args = dict(exp.gen_args)
+        replay = dict(exp.replay)
+        if exp.sweep_field and exp.sweep_field.startswith("generate."):
+            gen_args[exp.sweep_field.split(".", 1)[1]] = value
+        elif exp.sweep_field:
+            replay[exp.sweep_field] = value
+        vtag = "" if value is None else f"{exp.sweep_field.split('.')[-1]}={_value_tag(value)}"
+        for seed in exp.seeds:
+            gen_tag = f"seed{seed}" + (f"-{vtag}" if vtag and exp.sweep_field.startswith("generate.") else "")
+            trace = out / "traces" / f"{gen_tag}.parquet"
+            gens[trace] = ["generate", exp.gen_kind, *_cli_args(gen_args), "--seed", str(seed), "-o", str(trace)]
+            for ev, rt in itertools.product(evictions, exp.routers):
+                run_dir = out / "runs" / (vtag or "base") / f"{ev}-{rt}" / f"seed{seed}"
+                spec = ReplaySpec(trace=trace, output=run_dir, eviction=ev, router=rt, seed=seed,
+                                  name=f"{exp.name}/{vtag + '/' if vtag else ''}{ev}+{rt}/seed{seed}",
+                                  progress=False, **replay)
+                if target:
+                    spec = replace(spec, target=target)
+                jobs.append(Job(spec=spec, seed=seed, sweep_value=value, eviction=ev, router=rt))
+    return list(gens.items()), jobs
+
+
+def _generate(argv: list[str]) -> None:
+    from kvbench.cli import app
+
+    try:
+        app(argv, standalone_mode=False)
+    except SystemExit as exc:  # typer exits 0 on success in some paths
+        if exc.code not in (0, None):
+            raise fail(f"generating {argv[-1]} failed (exit {exc.code})") from None
+
+
+def _run_job(spec: ReplaySpec) -> str:
+    from kvbench.replay import run_replay
+
+    run_replay(spec)
+    return str(spec.output)
+
+
+def summarise(exp: Experiment, jobs: list[Job]) -> list[dict[str, Any]]:
+    """One row per (sweep value, eviction, router): mean and std over the seeds that finished."""
+    import numpy as np
+
+    groups: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
+    for job in jobs:
+        if not job.done:
+            continue
+        summary = json.loads((job.spec.output / "run.json").read_text())["summary"]
+        groups.setdefault((job.sweep_value, job.eviction, job.router), []).append(summary)
+    rows = []
+    for (value, ev, rt), sums in groups.items():
+        row: dict[str, Any] = {"experiment": exp.name}
+        if exp.sweep_field:
+            row[exp.sweep_field] = value
+        row.update({"eviction": ev, "router": rt, "seeds": len(sums)})
+        hr_ideal = [s.get("hit_rates", {}).get("ideal") for s in sums]
+        for metric in SUMMARY_METRICS:
+            vals = [s.get(metric) for s in sums if s.get(metric) is not None]
+            row[f"{metric}_mean"] = float(np.mean(vals)) if vals else None
+            row[f"{metric}_std"] = float(np.std(vals)) if vals else None
+        ideal = [v for v in hr_ideal if v is not None]
+        row["ideal_hit_rate"] = float(np.mean(ideal)) if ideal else None
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    names = list(rows[0].keys())
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = None, jobs_n: int = 2,
+                   seeds: list[int] | None = None, report: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns counts of what was done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    exp = load_spec(spec_path)
+    if seeds:
+        exp.seeds = seeds
+    out = Path(out)
+    generations, jobs = plan(exp, out, target)
+    todo_gen = [(p, argv) for p, argv in generations if not p.exists()]
+    todo = [j for j in jobs if not j.done]
+    done_now = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=False) as bar:
+        if todo_gen:
+            t = bar.add_task(f"{exp.name}: traces", total=len(todo_gen))
+            for path, argv in todo_gen:
+                _generate(argv)
+                bar.advance(t)
+        if todo:
+            t = bar.add_task(f"{exp.name}: runs", total=len(todo))
+            if jobs_n <= 1:
+                for job in todo:
+                    _run_job(job.spec)
+                    done_now += 1
+                    bar.advance(t)
+            else:
+                with ProcessPoolExecutor(max_workers=jobs_n) as pool:
+                    pending = {pool.submit(_run_job, j.spec): j for j in todo}
+                    try:
+                        while pending:
+                            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                            for fut in finished:
+                                job = pending.pop(fut)
+                                try:
+                                    fut.result()
+                                except KvbenchError:
+                                    raise
+                                except Exception as exc:
+                                    raise fail(f"{job.spec.name}: replay failed ({type(exc).__name__}: {exc})") from None
+                                done_now += 1
+                                bar.advance(t)
+                    except BaseException:
+                        for fut in pending:
+                            fut.cancel()
+                        raise
+    rows = summarise(exp, jobs)
+    csv_path = out / "summary.csv"
+    wrote = False
+    if rows and (done_now or not csv_path.exists()):
+        write_text_atomic(csv_path, rows_to_csv(rows))
+        write_text_atomic(out / "experiment.json", json.dumps(
+            {"name": exp.name, "title": exp.title, "source": exp.source, "offline": exp.offline,
+             "seeds": exp.seeds, "spec": str(exp.path.name), "paper": exp.paper}, indent=2, sort_keys=True) + "\n")
+        wrote = True
+    report_path = out / "report.html"
+    if report and rows and (done_now or not report_path.exists()):
+        from kvbench.report import build_report
+
+        build_report([j.spec.output for j in jobs if j.done], report_path)
+        wrote = True
+    return {"generated": len(todo_gen), "ran": done_now, "skipped": len(jobs) - len(todo), "wrote": wrote,
+            "summary": str(csv_path), "report": str(report_path) if report else None}
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    @app.command("run")
+    def run_cmd(
+        spec: Path = typer.Argument(..., help="Experiment spec (workloads/*.toml)."),
+        output: Path = typer.Option(None, "-o", "--output", help="Result directory (default results/<spec name>)."),
+        target: str = typer.Option(None, "--target", help="sim (default), comma-separated URLs, or cluster.json."),
+        jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Parallel replay processes."),
+        seeds: str = typer.Option(None, "--seeds", help="Override the spec's seeds, e.g. 0,1."),
+        no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
+    ) -> None:
+        """Reproduce an experiment spec: traces, every combination over its seeds, summary.csv and report.html."""
+        seed_list = None
+        if seeds:
+            try:
+                seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+            except ValueError:
+                raise fail(f"--seeds {seeds!r}: expected comma-separated integers") from None
+        exp = load_spec(spec)
+        out = output or Path("results") / exp.name
+        res = run_experiment(spec, out, target=target, jobs_n=jobs, seeds=seed_list, report=not no_report)
+        typer.echo(f"{exp.name}: generated {res['generated']} trace(s), ran {res['ran']} run(s), "
+                   f"skipped {res['skipped']} finished; summary {res['summary']}")

@@ -4,6 +4,7 @@ A policy sees opaque integer block keys (hash ids in the simulator, block ids in
 of events; it never owns memory. The owner (``kvbench.cache.prefix.PrefixCache`` or the vLLM adapter)
 guarantees:
 
+- ``on_request()`` before the accesses and inserts of each new request (RLT marks a request's path).
 - ``on_insert(key, parent)`` for a newly cached block, which is in use (pinned) at that moment; ``parent``
   is the previous block of the same sequence, or None for the first block.
 - ``on_access(key)`` each time a new request hits a cached block (whether or not it is pinned).
@@ -19,11 +20,14 @@ guarantees:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 class EvictionPolicy(ABC):
     name: str = ""
+
+    def on_request(self) -> None:
+        """A new request's ``on_access``/``on_insert`` calls follow."""
 
     @abstractmethod
     def on_insert(self, key: int, parent: int | None) -> None: ...

@@ -1,0 +1,417 @@
+"""`kvbench replay`: one trace x one (eviction, router) combination against a target.
+
+The target is the simulator (``sim``), comma-separated OpenAI-compatible URLs, or a cluster.json written by
+``kvbench cluster up``. Both backends return rows in the result schema; this module adds the shared
+configuration, computes the summary once and writes the run atomically. Comma lists of ``--eviction`` and
+``--router`` run the cross product as a sweep (one result directory per combination, in parallel processes
+for the simulator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import typer
+
+from kvbench.errors import KvbenchError, fail
+
+
+@dataclass
+class ReplaySpec:
+    trace: Path
+    output: Path
+    target: str = "sim"  # "sim" | "http://a,http://b" | path/to/cluster.json
+    eviction: str = "lru"
+    router: str = "round_robin"
+    seed: int = 0
+    workers: int = 4  # simulator only; the HTTP path uses one worker per URL
+    cache_tokens: int | None = None  # per-worker KV capacity in tokens; None = unbounded (simulator)
+    block_size: int = 16
+    router_params: dict[str, Any] = field(default_factory=dict)
+    eviction_params: dict[str, Any] = field(default_factory=dict)
+    profile: str = "default"  # simulator latency profile: built-in name or a TOML path
+    max_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    time_scale: float = 1.0  # multiply trace arrival times (0.5 = twice as fast)
+    max_requests: int | None = None
+    name: str | None = None
+    # HTTP path
+    history: str = "recorded"  # recorded | generated (closed-loop sessions)
+    timeout_s: float = 600.0
+    max_concurrency: int | None = None
+    reset_cache: bool = True
+    model: str | None = None
+    api: str = "completions"  # completions | chat
+    progress: bool = True
+    chunked_prefill: bool = True  # simulator: split long prompts across steps (vLLM v1's default)
+
+    @property
+    def is_sim(self) -> bool:
+        return self.target == "sim"
+
+    def to_config(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trace"] = str(self.trace)
+        d["output"] = str(self.output)
+        d.pop("progress", None)
+        return d
+
+
+@dataclass
+class BackendResult:
+    """What a backend hands back: rows in the result schema, worker names, extra config and hit rates."""
+
+    rows: pd.DataFrame
+    workers: list[str]
+    config: dict[str, Any] = field(default_factory=dict)
+    hit_rates: dict[str, float | None] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+SWEEP_LIST_FLAGS = ("eviction", "router")
+
+
+# ----------------------------------------------------------------------------------------- validation
+def validate_spec(spec: ReplaySpec) -> None:
+    """Check every value against its flag before any work starts (one line naming the flag)."""
+    from kvbench.cache import POLICIES
+    from kvbench.routing import ROUTERS, RouterConfig, make_router
+
+    checks = [
+        (spec.block_size >= 1, f"--block-size {spec.block_size}: must be a positive number of tokens"),
+        (spec.cache_tokens is None or spec.cache_tokens >= spec.block_size,
+         f"--cache-tokens {spec.cache_tokens}: must hold at least one block ({spec.block_size} tokens); "
+         f"omit it for an unbounded cache"),
+        (spec.max_batched_tokens >= 1, f"--max-batched-tokens {spec.max_batched_tokens}: must be >= 1"),
+        (spec.max_num_seqs >= 1, f"--max-num-seqs {spec.max_num_seqs}: must be >= 1"),
+        (spec.time_scale > 0, f"--time-scale {spec.time_scale}: must be > 0 (0.5 replays twice as fast)"),
+        (spec.max_requests is None or spec.max_requests >= 1, f"--max-requests {spec.max_requests}: must be >= 1"),
+        (spec.history in ("recorded", "generated"), f"--history {spec.history}: use 'recorded' or 'generated'"),
+        (spec.api in ("completions", "chat"), f"--api {spec.api}: use 'completions' or 'chat'"),
+        (spec.timeout_s > 0, f"--timeout {spec.timeout_s}: must be positive"),
+        (spec.max_concurrency is None or spec.max_concurrency >= 1,
+         f"--max-concurrency {spec.max_concurrency}: must be at least 1"),
+    ]
+    if spec.is_sim:
+        checks.append((spec.workers >= 1, f"--workers {spec.workers}: the simulator needs at least one worker"))
+    for ok, message in checks:
+        if not ok:
+            raise fail(message)
+    if spec.router not in ROUTERS:
+        raise fail(f"--router {spec.router}: unknown router (known: {', '.join(ROUTERS)})")
+    if spec.eviction not in POLICIES:
+        raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
+    make_router(spec.router, RouterConfig(workers=max(spec.workers, 1), block_size=spec.block_size,
+                                          seed=spec.seed, params=dict(spec.router_params)))
+    if spec.is_sim:
+        from kvbench.cache import make_policy
+        from kvbench.sim.latency import load_profile
+
+        try:
+            make_policy(spec.eviction, seed=spec.seed, future=[[]], **spec.eviction_params)
+        except KvbenchError as exc:
+            raise fail(f"--eviction-param: {exc}") from None
+        load_profile(spec.profile)
+
+
+# ------------------------------------------------------------------------------------- one replay
+def _sub_trace(trace, spec: ReplaySpec):
+    """The trace restricted to the requests replayed (``--max-requests`` keeps the first in replay order)."""
+    from kvbench.trace import Trace, replay_order
+
+    if spec.max_requests is None or spec.max_requests >= len(trace):
+        return trace
+    keep = replay_order(trace.df)[: spec.max_requests]
+    return Trace(df=trace.df.iloc[sorted(keep.tolist())].reset_index(drop=True), meta=trace.meta, path=trace.path)
+
+
+def run_backend(spec: ReplaySpec, trace) -> BackendResult:
+    if spec.is_sim:
+        from kvbench.sim.run import run_sim
+
+        return run_sim(spec, trace)
+    try:
+        from kvbench.http.replay import run_http
+    except ImportError as exc:
+        raise fail(f"--target {spec.target}: the HTTP backend cannot be loaded ({exc})") from None
+    return run_http(spec, trace)
+
+
+def assemble_config(spec: ReplaySpec, trace, result: BackendResult, summary: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to reproduce and compare the run; no wall-clock values, so equal seeds give equal
+    files."""
+    from kvbench.results import versions
+    from kvbench.trace import file_sha256
+
+    trace_info: dict[str, Any] = {"path": str(spec.trace), "meta": asdict(trace.meta), "requests": len(trace)}
+    trace_info["sha256"] = file_sha256(spec.trace) if Path(spec.trace).exists() else None
+    return {
+        **spec.to_config(),
+        "name": spec.name or Path(spec.output).name,
+        "trace_file": trace_info,
+        "workers": list(result.workers),
+        "versions": versions(),
+        "backend": "sim" if spec.is_sim else "http",
+        "backend_config": result.config,
+        "interrupted": bool(result.interrupted),
+        "summary": summary,
+    }
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "run.json").exists()
+                                              and not (out / "requests.parquet").exists())):
+        raise fail(f"-o {out}: exists and is not a kvbench result directory; choose a new output path")
+
+
+def run_replay(spec: ReplaySpec, trace=None) -> Path:
+    """Run one combination and write ``requests.parquet`` + ``run.json`` into ``spec.output``.
+
+    On Ctrl-C the rows gathered so far are written (unfinished requests as ``cancelled``) and the
+    interrupt is re-raised once the files are in place.
+    """
+    from kvbench.results import compute_summary, write_run
+    from kvbench.trace import ideal_hit_rate, read_trace
+
+    validate_spec(spec)
+    out = Path(spec.output)
+    _check_output(out)
+    if trace is None:
+        trace = read_trace(spec.trace)
+    result = run_backend(spec, trace)
+    replayed = _sub_trace(trace, spec)
+    extra: dict[str, float | None] = {"ideal": ideal_hit_rate(replayed, spec.block_size),
+                                      "server_counters": None, "cache_counters": None}
+    extra.update(result.hit_rates)
+    rows = result.rows.reset_index(drop=True)
+    summary = compute_summary(rows, len(result.workers), extra)
+    config = assemble_config(spec, replayed, result, summary)
+    write_run(out, rows, config)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sweep
+@dataclass
+class Combination:
+    eviction: str
+    router: str
+    spec: ReplaySpec
+
+    @property
+    def label(self) -> str:
+        return f"{self.eviction}-{self.router}"
+
+
+def split_list(value: str, flag: str) -> list[str]:
+    items = [v.strip() for v in value.split(",")]
+    if not items or any(not v for v in items):
+        raise fail(f"{flag} {value!r}: give one name or a comma list without empty items")
+    if len(set(items)) != len(items):
+        raise fail(f"{flag} {value!r}: a name is repeated")
+    return items
+
+
+def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str]) -> list[Combination]:
+    """One spec per (eviction, router), each writing to ``<output>/<eviction>-<router>``."""
+    combos = []
+    for ev, rt in itertools.product(evictions, routers):
+        name = f"{base.name}/{ev}-{rt}" if base.name else f"{ev}-{rt}"
+        spec = replace(base, eviction=ev, router=rt, output=Path(base.output) / f"{ev}-{rt}", name=name,
+                       progress=False)
+        combos.append(Combination(ev, rt, spec))
+    return combos
+
+
+def _child_init() -> None:
+    # The parent owns Ctrl-C; a terminated child raises SystemExit so atomic writes clean up after themselves.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def _child_run(spec: ReplaySpec) -> tuple[str, str | None, dict[str, Any] | None]:
+    import json
+
+    try:
+        out = run_replay(spec)
+    except KvbenchError as exc:
+        return str(spec.output), str(exc), None
+    summary = json.loads((out / "run.json").read_text())["summary"]
+    return str(spec.output), None, summary
+
+
+def _remove_partial(combos: list[Combination]) -> None:
+    for c in combos:
+        out = Path(c.spec.output)
+        if out.is_dir() and not (out / "run.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            for tmp in out.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Run combinations (in ``jobs`` processes for the simulator); finished ones stay on Ctrl-C."""
+    import multiprocessing
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    for c in combos:
+        validate_spec(c.spec)
+        _check_output(Path(c.spec.output))
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not progress)
+    by_out = {str(c.spec.output): c for c in combos}
+    pool = None
+    try:
+        with bar:
+            task = bar.add_task(f"sweep of {len(combos)} combinations", total=len(combos))
+            if jobs <= 1:
+                for c in combos:
+                    _, err, summary = _child_run(c.spec)
+                    _collect(c, err, summary, results, errors, bar, task)
+            else:
+                pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_child_init)
+                for out, err, summary in pool.imap_unordered(_child_run, [c.spec for c in combos]):
+                    _collect(by_out[out], err, summary, results, errors, bar, task)
+                pool.close()
+                pool.join()
+                pool = None
+    except KeyboardInterrupt:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _remove_partial([c for c in combos if c.label not in results])
+        raise
+    if errors:
+        raise fail(errors[0])
+    return results
+
+
+def _collect(c: Combination, err: str | None, summary, results, errors, bar, task) -> None:
+    if err is not None:
+        errors.append(f"{c.label}: {err}")
+    else:
+        results[c.label] = summary
+    bar.update(task, advance=1, description=f"sweep: {c.label} done")
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def parse_params(values: list[str] | None, flag: str, typed: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, val = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise fail(f"{flag} {item!r}: expected key=value (e.g. {flag} cache_threshold=0.5)")
+        out[key.strip()] = _guess(val.strip()) if typed else val.strip()
+    return out
+
+
+def _guess(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    return text
+
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("combination", "hit rate", "ideal", "mean TTFT ms", "p99 TTFT ms", "req/s", "requests cv")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for label, s in sorted(results.items()):
+        table.add_row(label, fmt(s.get("hit_rate"), ".3f"), fmt(s.get("hit_rates", {}).get("ideal"), ".3f"),
+                      fmt(s.get("mean_ttft_ms"), ".1f"), fmt(s.get("p99_ttft_ms"), ".1f"),
+                      fmt(s.get("request_throughput"), ".2f"), fmt(s.get("requests_cv"), ".3f"))
+    console = Console(stderr=True)
+    console.width = max(console.width, 110)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def replay(
+        trace: Path = typer.Argument(..., help="Trace file (Parquet) from `kvbench generate`."),
+        target: str = typer.Option("sim", help="'sim', comma-separated OpenAI-compatible URLs, or a cluster.json."),
+        workers: int = typer.Option(4, help="Simulated workers (the HTTP path uses one worker per URL)."),
+        cache_tokens: Optional[int] = typer.Option(None, help="Per-worker KV capacity in tokens; omit for unbounded."),
+        block_size: int = typer.Option(16, help="KV block size in tokens (a multiple of the trace's)."),
+        eviction: str = typer.Option("lru", help="Eviction policy, or a comma list to sweep."),
+        router: str = typer.Option("round_robin", help="Router, or a comma list to sweep."),
+        router_param: Optional[list[str]] = typer.Option(None, help="Router parameter key=value (repeatable)."),
+        eviction_param: Optional[list[str]] = typer.Option(None, help="Eviction parameter key=value (repeatable)."),
+        seed: int = typer.Option(0, help="Seed of every random choice (routers, policies)."),
+        profile: str = typer.Option("default", help="Simulator latency profile: built-in name or TOML path."),
+        max_batched_tokens: int = typer.Option(8192, help="Simulator: token budget of one engine step."),
+        max_num_seqs: int = typer.Option(256, help="Simulator: sequences running at once per worker."),
+        chunked_prefill: bool = typer.Option(True, help="Simulator: split long prompts across steps."),
+        time_scale: float = typer.Option(1.0, help="Multiply trace times (0.5 replays twice as fast)."),
+        max_requests: Optional[int] = typer.Option(None, help="Replay only the first N requests."),
+        name: Optional[str] = typer.Option(None, help="Run name recorded in run.json."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                              help="Result directory (a sweep writes one subdirectory per combination)."),
+        jobs: int = typer.Option(0, help="Parallel processes of a simulator sweep (0 = one per core)."),
+        history: str = typer.Option("recorded", help="HTTP sessions: 'recorded' prompts or 'generated' history."),
+        timeout: float = typer.Option(600.0, help="HTTP: per-request timeout in seconds."),
+        max_concurrency: Optional[int] = typer.Option(None, help="HTTP: cap on requests in flight."),
+        reset_cache: bool = typer.Option(True, help="HTTP: reset every worker's prefix cache before the run."),
+        model: Optional[str] = typer.Option(None, help="HTTP: model name to send (default: the served one)."),
+        api: str = typer.Option("completions", help="HTTP: 'completions' or 'chat'."),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+    ) -> None:
+        """Replay a trace against the simulator or real workers; comma lists of --eviction/--router sweep."""
+        evictions = split_list(eviction, "--eviction")
+        routers = split_list(router, "--router")
+        if jobs < 0:
+            raise fail(f"--jobs {jobs}: must be >= 0 (0 = one per core)")
+        if output is None:
+            output = Path("results") / f"{trace.stem}-{eviction.replace(',', '+')}-{router.replace(',', '+')}"
+        base = ReplaySpec(
+            trace=trace, output=output, target=target, eviction=evictions[0], router=routers[0], seed=seed,
+            workers=workers, cache_tokens=cache_tokens, block_size=block_size,
+            router_params=parse_params(router_param, "--router-param"),
+            eviction_params=parse_params(eviction_param, "--eviction-param", typed=True), profile=profile,
+            max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs, time_scale=time_scale,
+            max_requests=max_requests, name=name, history=history, timeout_s=timeout,
+            max_concurrency=max_concurrency, reset_cache=reset_cache, model=model, api=api, progress=progress,
+            chunked_prefill=chunked_prefill)
+        if len(evictions) == 1 and len(routers) == 1:
+            try:
+                out = run_replay(base)
+            except KeyboardInterrupt:
+                typer.echo(f"interrupted: partial results (unfinished requests cancelled) in {output}", err=True)
+                raise typer.Exit(130)
+            from kvbench.results import read_run
+
+            _print_table({out.name: read_run(out).summary})
+            typer.echo(str(out))
+            return
+        combos = plan_sweep(base, evictions, routers)
+        n_jobs = (jobs or os.cpu_count() or 1) if base.is_sim else 1  # one real cluster: one run at a time
+        try:
+            results = run_sweep(combos, min(n_jobs, len(combos)), progress)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: finished combinations kept under {output}", err=True)
+            raise typer.Exit(130)
+        _print_table(results)
+        typer.echo(str(output))
