@@ -32,18 +32,47 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from kvbench import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Trace-replay benchmarking of KV-cache eviction and query routing for LLM serving."""
+
+
 def main() -> None:
+    # typer >= 0.29 vendors click; older typer uses click itself. Both expose the same exception types.
     try:
-        app()
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as click_exc
+
+    try:
+        app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:  # `kvbench` alone: show help, as click would
+        exc.show()
+        sys.exit(0)
+    except click_exc.UsageError as exc:
+        # One line, like every other kvbench error: "where" and "what to do".
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        print(f"kvbench: error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_exc.ClickException as exc:
+        print(f"kvbench: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("kvbench: interrupted", file=sys.stderr)
+        sys.exit(130)
     except KvbenchError as exc:
         print(f"kvbench: error: {exc}", file=sys.stderr)
         sys.exit(2)

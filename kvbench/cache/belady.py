@@ -39,6 +39,10 @@ class BeladyPolicy(LeafPolicy):
     def on_request(self) -> None:
         self._now += 1
 
+    def seek(self, index: int) -> None:
+        """The next request is ``future[index]``: lets a simulator that reorders requests keep time exact."""
+        self._now = index - 1
+
     def next_use(self, key: int) -> int:
         """Index of the next request after the current one that uses ``key`` (a huge number if none)."""
         lst = self._uses.get(key)

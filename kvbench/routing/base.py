@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kvbench.errors import fail
+
 
 @dataclass
 class RouteRequest:
@@ -43,15 +45,20 @@ class RouterConfig:
     block_size: int = 16
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    cache_blocks: int | None = None  # per-worker KV capacity the operator configured (None = unknown)
 
 
 class Router(ABC):
     """One routing policy. Subclasses set ``name`` and implement :meth:`choose`."""
 
     name: str = ""
+    # Accepted ``params`` and their defaults; values given as strings (``--router-param k=v``) are
+    # converted to the default's type. Unknown keys are a user error.
+    defaults: dict[str, Any] = {}
 
     def __init__(self, config: RouterConfig):
         self.config = config
+        self.params = resolve_params(self.name, self.defaults, config.params)
         self.n = config.workers
         self.alive = [True] * config.workers
         self.outstanding = [0] * config.workers  # requests routed and not finished
@@ -89,5 +96,37 @@ class Router(ABC):
         self.alive[worker] = alive
 
     def describe(self) -> dict[str, Any]:
-        """Parameters recorded in run.json."""
-        return {"name": self.name, **self.config.params}
+        """Parameters recorded in run.json (defaults included, so a run is reproducible)."""
+        return {"name": self.name, **self.params}
+
+
+def _convert(router: str, key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise fail(f"--router-param {key}={value}: router '{router}' expects a "
+                   f"{type(default).__name__} for '{key}'") from None
+    return value
+
+
+def resolve_params(router: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise fail(f"--router-param {unknown[0]}: router '{router}' has no such parameter (known: {known})")
+    out = dict(defaults)
+    for k, v in given.items():
+        out[k] = _convert(router, k, v, defaults[k])
+    return out

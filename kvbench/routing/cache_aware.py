@@ -1,0 +1,105 @@
+"""``cache_aware``: the SGLang router's policy over an approximate per-worker radix tree.
+
+For each request, with ``load`` = the router's outstanding requests per live worker:
+
+1. imbalanced if ``max - min > balance_abs_threshold`` AND ``max > balance_rel_threshold * min``:
+   route to the least loaded worker (the prompt is still inserted into that worker's tree);
+2. otherwise match the prompt against every worker's tree; if ``matched / prompt_length > cache_threshold``
+   route to the best-matching worker;
+3. otherwise route to the least loaded worker (``fallback=least_load``, current SGLang) or to the worker
+   with the smallest tree (``fallback=smallest_tree``, older SGLang).
+
+The prompt unit is characters when the request carries text, else token ids (else block hashes). Two
+default sets exist upstream and both are selectable with ``defaults=cli|library``: the Python launcher's
+CLI (cache_threshold 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5) and the Rust library
+config (0.5, 32, 1.1). Explicit parameters override the chosen set. Every ``eviction_interval_s`` of the
+caller's clock each tree is pruned (LRU leaves first) to ``max_tree_size`` symbols.
+"""
+
+from __future__ import annotations
+
+from kvbench.errors import fail
+from kvbench.routing.base import Router, RouterConfig, RouteRequest, resolve_params
+from kvbench.routing.radix import RadixTree, symbols
+
+DEFAULT_SETS = {
+    "cli": {"cache_threshold": 0.3, "balance_abs_threshold": 64, "balance_rel_threshold": 1.5},
+    "library": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.1},
+}
+
+
+class CacheAwareRouter(Router):
+    name = "cache_aware"
+    defaults = {
+        "defaults": "cli",
+        "cache_threshold": None,
+        "balance_abs_threshold": None,
+        "balance_rel_threshold": None,
+        "fallback": "least_load",
+        "max_tree_size": 2**26,
+        "eviction_interval_s": 60.0,
+    }
+
+    def __init__(self, config: RouterConfig):
+        super().__init__(config)
+        which = self.params["defaults"]
+        if which not in DEFAULT_SETS:
+            raise fail(f"--router-param defaults={which}: cache_aware default sets are 'cli' or 'library'")
+        chosen = DEFAULT_SETS[which]
+        given = {k: v for k, v in config.params.items() if k in chosen}
+        typed = resolve_params(self.name, chosen, given)  # converts strings to the set's types
+        for k, v in chosen.items():
+            self.params[k] = typed[k] if k in given else v
+        if self.params["fallback"] not in ("least_load", "smallest_tree"):
+            raise fail(f"--router-param fallback={self.params['fallback']}: cache_aware falls back to "
+                       f"'least_load' or 'smallest_tree'")
+        self.cache_threshold = float(self.params["cache_threshold"])
+        self.abs_threshold = float(self.params["balance_abs_threshold"])
+        self.rel_threshold = float(self.params["balance_rel_threshold"])
+        self.max_tree_size = int(self.params["max_tree_size"])
+        self.interval = float(self.params["eviction_interval_s"])
+        self.trees = [RadixTree() for _ in range(self.n)]
+        self.last_prune: float | None = None
+        self.last_decision = ""  # "imbalanced" | "cache_hit" | "fallback", for tests and debugging
+
+    def is_imbalanced(self, live: list[int]) -> bool:
+        loads = [self.outstanding[w] for w in live]
+        hi, lo = max(loads), min(loads)
+        return (hi - lo) > self.abs_threshold and hi > self.rel_threshold * lo
+
+    def least_loaded(self, live: list[int]) -> int:
+        return min(live, key=lambda w: (self.outstanding[w], w))
+
+    def choose(self, req: RouteRequest, now: float) -> int:
+        self._maybe_prune(now)
+        live = self.live_workers()
+        seq = symbols(req.prompt, req.prompt_token_ids, req.hash_ids)
+        if self.is_imbalanced(live):
+            self.last_decision = "imbalanced"
+            w = self.least_loaded(live)
+        else:
+            best, best_len = live[0], -1
+            for w in live:
+                m = self.trees[w].match(seq)
+                if m > best_len or (m == best_len and self.outstanding[w] < self.outstanding[best]):
+                    best, best_len = w, m
+            ratio = best_len / len(seq) if len(seq) else 0.0
+            if ratio > self.cache_threshold:
+                self.last_decision = "cache_hit"
+                w = best
+            else:
+                self.last_decision = "fallback"
+                if self.params["fallback"] == "smallest_tree":
+                    w = min(live, key=lambda x: (self.trees[x].size, x))
+                else:
+                    w = self.least_loaded(live)
+        self.trees[w].insert(seq, now)
+        return w
+
+    def _maybe_prune(self, now: float) -> None:
+        if self.last_prune is None:
+            self.last_prune = now
+        elif now - self.last_prune >= self.interval:
+            self.last_prune = now
+            for t in self.trees:
+                t.prune(self.max_tree_size)

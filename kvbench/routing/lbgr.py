@@ -1,0 +1,124 @@
+"""``lbgr``: the RLT paper's learning-based greedy routing, in tokens.
+
+For a request and each live worker ``w`` the router predicts a latency and picks the minimum:
+
+    predicted(w) = service_s_per_token * (uncached(w) + load(w, now)) + service_base_s + residual_w(x)
+
+- ``uncached(w)``: prompt tokens beyond the prefix the router believes ``w`` caches (its own
+  :class:`~kvbench.routing.block_view.BlockView`; no worker reports are needed).
+- ``load(w, now)``: outstanding work in tokens; routing a request adds its uncached tokens, and the sum
+  decays by ``load_decay`` every ``decay_interval_s`` (the paper's code: 31/32 every 20 ms), applied
+  continuously as ``load_decay ** (dt / decay_interval_s)`` so it does not depend on when it is read.
+- ``residual_w``: per worker recursive least squares with forgetting factor ``forgetting`` (paper: 0.992)
+  on ``x = (1, uncached/1000, load/1000)`` (``features=full``) or ``x = (1,)`` (``features=const``, the
+  paper's code), fitted on completions to ``observed - (service + load terms)``; the observed latency is
+  TTFT (``target=ttft``, falling back to end-to-end) or end-to-end (``target=e2e``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvbench.errors import fail
+from kvbench.routing.base import Completion, Router, RouterConfig, RouteRequest
+from kvbench.routing.block_view import BlockView
+from kvbench.routing.rls import RecursiveLeastSquares
+
+
+class LbgrRouter(Router):
+    name = "lbgr"
+    defaults = {
+        "service_s_per_token": 5e-5,
+        "service_base_s": 0.02,
+        "load_decay": 31 / 32,
+        "decay_interval_s": 0.02,
+        "forgetting": 0.992,
+        "rls_delta": 100.0,
+        "features": "full",
+        "target": "ttft",
+    }
+
+    def __init__(self, config: RouterConfig):
+        super().__init__(config)
+        p = self.params
+        if p["features"] not in ("full", "const"):
+            raise fail(f"--router-param features={p['features']}: lbgr features are 'full' or 'const'")
+        if p["target"] not in ("ttft", "e2e"):
+            raise fail(f"--router-param target={p['target']}: lbgr learns from 'ttft' or 'e2e'")
+        if not 0.0 < float(p["load_decay"]) <= 1.0 or float(p["decay_interval_s"]) <= 0:
+            raise fail("--router-param load_decay must be in (0, 1] and decay_interval_s > 0 for lbgr")
+        if not 0.0 < float(p["forgetting"]) <= 1.0:
+            raise fail(f"--router-param forgetting={p['forgetting']}: must be in (0, 1]")
+        self.alpha = float(p["service_s_per_token"])
+        self.beta = float(p["service_base_s"])
+        self.log_decay = float(np.log(float(p["load_decay"]))) / float(p["decay_interval_s"])
+        self.full = p["features"] == "full"
+        dim = 3 if self.full else 1
+        self.models = [RecursiveLeastSquares(dim, float(p["forgetting"]), float(p["rls_delta"]))
+                       for _ in range(self.n)]
+        self.view = BlockView(self.n, config.cache_blocks)
+        self.load = [0.0] * self.n
+        self.load_t = [0.0] * self.n
+        self.pending: dict[str, tuple[np.ndarray, float]] = {}  # request -> (features, base prediction)
+        self._last: dict[int, tuple[np.ndarray, float, int]] = {}
+
+    def load_at(self, w: int, now: float) -> float:
+        dt = max(0.0, now - self.load_t[w])
+        if dt:
+            self.load[w] *= float(np.exp(self.log_decay * dt))
+            self.load_t[w] = now
+        return self.load[w]
+
+    def features(self, uncached: int, load: float) -> np.ndarray:
+        if self.full:
+            return np.array([1.0, uncached / 1000.0, load / 1000.0])
+        return np.array([1.0])
+
+    def predict(self, req: RouteRequest, w: int, now: float, hs: list[int] | None = None) -> tuple[float, np.ndarray, float, int]:
+        """(predicted latency, features, base prediction, uncached tokens) for ``req`` on worker ``w``."""
+        hs = req.hash_ids.tolist() if hs is None else hs
+        cached = min(self.view.match(w, hs) * self.config.block_size, max(req.input_tokens - 1, 0))
+        uncached = req.input_tokens - cached
+        load = self.load_at(w, now)
+        base = self.alpha * (uncached + load) + self.beta
+        x = self.features(uncached, load)
+        return base + self.models[w].predict(x), x, base, uncached
+
+    def choose(self, req: RouteRequest, now: float) -> int:
+        hs = req.hash_ids.tolist()
+        best, best_pred = -1, float("inf")
+        self._last.clear()
+        for w in self.live_workers():
+            pred, x, base, uncached = self.predict(req, w, now, hs)
+            self._last[w] = (x, base, uncached)
+            if pred < best_pred:
+                best, best_pred = w, pred
+        return best
+
+    def on_routed(self, req: RouteRequest, worker: int, now: float) -> None:
+        got = self._last.get(worker)
+        if got is None:  # routed by someone else's choice (e.g. a pinned session): compute now
+            _, x, base, uncached = self.predict(req, worker, now)
+        else:
+            x, base, uncached = got
+        self._last.clear()
+        self.pending[req.request_id] = (x, base)
+        self.load_at(worker, now)
+        self.load[worker] += uncached
+        self.view.insert(worker, req.hash_ids)
+
+    def on_complete(self, req: RouteRequest, worker: int, now: float, result: Completion) -> None:
+        x, base = self.pending.pop(req.request_id, (None, 0.0))
+        if x is None or not result.ok:
+            return
+        observed = result.ttft_s if self.params["target"] == "ttft" else result.e2e_s
+        if observed is None:
+            observed = result.e2e_s
+        if observed is None:
+            return
+        self.models[worker].update(x, observed - base)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["residual_theta"] = [m.theta.round(6).tolist() for m in self.models]
+        return out

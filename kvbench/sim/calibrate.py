@@ -1,0 +1,193 @@
+"""Fit a latency profile to a real OpenAI-compatible server (``kvbench calibrate``).
+
+Every measurement is one engine step shape with a measured duration, i.e. one row of the linear system
+``step_s = X @ (step_base_s, prefill_token_s, prefill_attn_s, decode_seq_s, decode_ctx_s)``
+of :mod:`kvbench.sim.latency`:
+
+- cold prefill: a fresh random prompt of L tokens, one output token; TTFT is one step with P = L;
+- warm prefill: a prompt whose first part was sent just before; the server's reported ``cached_tokens``
+  (or the known prefix length) gives P = L - cached and the attention pairs after the cached context;
+- decode: a streamed answer of N tokens at concurrency k; the median gap between streamed tokens is one
+  step with D = k sequences and C = k * (L + N / 2) context tokens.
+
+The coefficients are the non-negative least-squares solution with rows weighted by 1/duration (relative
+error, so short decode steps count as much as long prefills). Prompts are token ids (random, seeded) so
+their lengths are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kvbench.errors import fail
+from kvbench.sim.latency import COEFFICIENTS, attn_pairs
+
+
+@dataclass
+class CalibrationPlan:
+    prompt_lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048])
+    suffix_tokens: int = 64
+    output_tokens: int = 16
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    repeats: int = 2
+    token_range: tuple[int, int] = (10, 1000)
+    seed: int = 0
+    timeout_s: float = 300.0
+
+
+@dataclass
+class Sample:
+    kind: str  # cold | warm | decode
+    features: list[float]  # one row of X, in COEFFICIENTS order
+    seconds: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stream:
+    ttft: float
+    gaps: list[float]
+    cached: int | None
+
+
+async def _complete(session, url: str, model: str, prompt: list[int], max_tokens: int, timeout: float) -> Stream:
+    import aiohttp
+
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    times: list[float] = []
+    usage = None
+    try:
+        async with session.post(f"{url}/v1/completions", json=body,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                text = (await r.text())[:200].replace("\n", " ")
+                raise fail(f"--target {url}: /v1/completions answered HTTP {r.status}: {text}")
+            async for raw in r.content:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("choices"):
+                    times.append(time.perf_counter() - t0)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+    except aiohttp.ClientConnectorError as exc:
+        raise fail(f"--target {url}: cannot connect ({exc.os_error or exc}); is the server running?") from None
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise fail(f"--target {url}: request failed ({type(exc).__name__}: {exc})") from None
+    if not times:
+        raise fail(f"--target {url}: the stream returned no tokens; does the server support streaming completions?")
+    cached = None
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    if details.get("cached_tokens") is not None:
+        cached = int(details["cached_tokens"])
+    return Stream(ttft=times[0], gaps=np.diff(times).tolist(), cached=cached)
+
+
+async def _model(session, url: str) -> str:
+    import aiohttp
+
+    try:
+        async with session.get(f"{url}/v1/models", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            data = await r.json(content_type=None)
+            return str(data["data"][0]["id"])
+    except aiohttp.ClientConnectorError as exc:
+        raise fail(f"--target {url}: cannot connect ({exc.os_error or exc}); is the server running?") from None
+    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError, ValueError, TypeError):
+        raise fail(f"--target {url}: no model listed at /v1/models; pass --model NAME") from None
+
+
+async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = None, tick=None) -> list[Sample]:
+    """Run the measurement plan (see module docstring) spread round-robin over ``urls``."""
+    import aiohttp
+
+    rng = np.random.default_rng(plan.seed)
+    lo, hi = plan.token_range
+    samples: list[Sample] = []
+    tick = tick or (lambda: None)
+
+    def prompt(n: int) -> list[int]:
+        return rng.integers(lo, hi, n).tolist()
+
+    async with aiohttp.ClientSession() as session:
+        name = model or await _model(session, urls[0])
+        k = 0
+
+        def url() -> str:
+            nonlocal k
+            k += 1
+            return urls[(k - 1) % len(urls)]
+
+        for _ in range(plan.repeats):
+            for L in plan.prompt_lengths:
+                s = await _complete(session, url(), name, prompt(L), 1, plan.timeout_s)
+                samples.append(Sample("cold", [1.0, L, attn_pairs(L, 0), 0.0, 0.0], s.ttft, {"prompt": L}))
+                tick()
+                u = url()
+                base = prompt(L)
+                await _complete(session, u, name, base, 1, plan.timeout_s)
+                s = await _complete(session, u, name, base + prompt(plan.suffix_tokens), 1, plan.timeout_s)
+                total = L + plan.suffix_tokens
+                cached = s.cached if s.cached is not None else L
+                new = total - cached
+                samples.append(Sample("warm", [1.0, new, attn_pairs(new, cached), 0.0, 0.0], s.ttft,
+                                      {"prompt": total, "cached": cached}))
+                tick()
+            for c in plan.concurrency:
+                for L in (plan.prompt_lengths[0], plan.prompt_lengths[-1]):
+                    u = url()
+                    streams = await asyncio.gather(*(
+                        _complete(session, u, name, prompt(L), plan.output_tokens, plan.timeout_s) for _ in range(c)))
+                    # steps after every prompt is in: the later half of each stream's gaps
+                    gaps = [g for s in streams for g in s.gaps[len(s.gaps) // 2:]]
+                    if gaps:
+                        ctx = c * (L + plan.output_tokens * 0.75)
+                        samples.append(Sample("decode", [1.0, 0.0, 0.0, float(c), ctx], float(np.median(gaps)),
+                                              {"prompt": L, "concurrency": c}))
+                    tick()
+    return samples
+
+
+def steps_in_plan(plan: CalibrationPlan) -> int:
+    return plan.repeats * (2 * len(plan.prompt_lengths) + 2 * len(plan.concurrency))
+
+
+def fit(samples: list[Sample]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Non-negative least squares on relative error; returns coefficients and fit statistics."""
+    if len(samples) < len(COEFFICIENTS):
+        raise fail(f"calibration needs at least {len(COEFFICIENTS)} measurements, got {len(samples)}")
+    X = np.array([s.features for s in samples], dtype=float)
+    y = np.array([s.seconds for s in samples], dtype=float)
+    w = 1.0 / np.maximum(y, 1e-6)
+    Xw, yw = X * w[:, None], y * w
+    scale = np.maximum(np.abs(Xw).max(axis=0), 1e-30)  # columns span 1 .. 1e7: normalise for conditioning
+    active = list(range(X.shape[1]))
+    coef = np.zeros(X.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(Xw[:, active] / scale[active], yw, rcond=None)
+        sol = sol / scale[active]
+        if (sol >= 0).all():
+            coef[:] = 0
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))  # drop the most negative term and refit (a small active-set NNLS)
+    pred = X @ coef
+    resid = (pred - y) / y
+    ss_res = float(((pred - y) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum()) or 1.0
+    stats = {"samples": len(samples), "r2": 1.0 - ss_res / ss_tot,
+             "median_abs_rel_error": float(np.median(np.abs(resid))),
+             "max_abs_rel_error": float(np.max(np.abs(resid))),
+             "by_kind": {k: sum(1 for s in samples if s.kind == k) for k in ("cold", "warm", "decode")}}
+    return dict(zip(COEFFICIENTS, coef.tolist())), stats

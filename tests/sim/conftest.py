@@ -1,0 +1,7 @@
+import pytest
+from sim_traces import make_trace
+
+
+@pytest.fixture
+def small_trace(tmp_path):
+    return make_trace(tmp_path / "t.parquet", sessions=3)
