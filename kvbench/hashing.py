@@ -89,3 +89,58 @@ def coarsen(hash_ids: np.ndarray, factor: int) -> np.ndarray:
     """Hash ids at ``factor`` times the block size: the last fine id of each coarse block."""
     hash_ids = np.asarray(hash_ids)
     return hash_ids[factor - 1 :: factor]
+
+
+def block_hashes_many(flat_tokens: np.ndarray, lengths: np.ndarray, block_size: int,
+                      chunk_tokens: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`block_hashes` of many sequences stored back to back.
+
+    Returns ``(hashes, counts)``: the concatenated hash ids and the number of full blocks per sequence,
+    equal to calling :func:`block_hashes` on each. Sequences are hashed in cache-sized chunks of
+    ``chunk_tokens`` so that traces of many short requests avoid a Python call per request.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    flat = np.asarray(flat_tokens)
+    counts = lengths // block_size
+    ends = np.cumsum(lengths)
+    out: list[np.ndarray] = []
+    lo, start = 0, 0
+    while lo < len(lengths):
+        hi = int(np.searchsorted(ends, start + chunk_tokens, side="right"))
+        hi = max(hi, lo + 1)
+        stop = int(ends[hi - 1])
+        out.append(_hash_chunk(flat[start:stop], lengths[lo:hi], counts[lo:hi], block_size))
+        lo, start = hi, stop
+    hashes = np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+    return hashes, counts
+
+
+def _hash_chunk(flat: np.ndarray, lengths: np.ndarray, counts: np.ndarray, block_size: int) -> np.ndarray:
+    """Chaining is a prefix sum; restarted per sequence it is the global one minus its value at the
+    sequence's first block (exact mod 2^64)."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    if len(lengths) == 1:
+        return block_hashes(flat, block_size)
+    seq_of_block = np.repeat(np.arange(len(lengths)), counts)
+    first_block = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first_block[1:])
+    local = np.arange(total, dtype=np.int64) - first_block[seq_of_block]  # block index within its sequence
+    if total * block_size == len(flat):
+        full = flat  # every sequence is a whole number of blocks: no gather needed
+    else:
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lengths)
+        full = flat[pos < np.repeat(counts * block_size, lengths)]
+    content = block_content_hashes(full, block_size)
+    with np.errstate(over="ignore"):
+        c = mix64(content)  # what chain(seed=0) does first
+        max_local = int(counts.max())
+        acc = np.cumsum(c * _pow_table(_P_INV, max_local)[local], dtype=np.uint64)
+        before = np.zeros(len(lengths), dtype=np.uint64)
+        nz = (first_block > 0) & (counts > 0)
+        before[nz] = acc[first_block[nz] - 1]
+        h = (acc - before[seq_of_block]) * _pow_table(_P, max_local)[local]
+    return mix64(h).view(np.int64)

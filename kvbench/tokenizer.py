@@ -53,6 +53,10 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
+    def token_space(self) -> np.ndarray: ...
+
+    def truncate(self, text: str, n: int) -> tuple[str, list[int]]: ...
+
 
 class BuiltinTokenizer:
     """Whitespace/punctuation pieces; exact counts without any model files."""
@@ -79,6 +83,24 @@ class BuiltinTokenizer:
         arr = np.asarray(ids, dtype=np.int64) % WORD_COUNT
         return " ".join(words[arr].tolist())
 
+    def token_space(self) -> np.ndarray:
+        """Ids that synthetic prompts may use: exactly the words that round-trip through decode/encode."""
+        return np.arange(WORD_COUNT, dtype=np.int32)
+
+    def truncate(self, text: str, n: int) -> tuple[str, list[int]]:
+        """The longest prefix of ``text`` with at most ``n`` tokens, and its ids."""
+        ids = self.encode(text)
+        if len(ids) <= n:
+            return text, ids
+        if n <= 0:
+            return "", []
+        end = 0
+        for k, m in enumerate(_PIECE.finditer(text)):
+            if k == n - 1:
+                end = m.end()
+                break
+        return text[:end], ids[:n]
+
 
 class HFTokenizer:
     """A local Hugging Face tokenizer directory (tokenizer.json), loaded without network access."""
@@ -93,7 +115,8 @@ class HFTokenizer:
         try:
             self._tok = _Tok.from_file(str(file))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
-            raise fail(f"{file}: cannot load tokenizer ({exc}); is it a Hugging Face tokenizer.json?") from None
+            raise fail(f"{file}: cannot load tokenizer ({exc}); is it a Hugging Face tokenizer.json?") \
+                from None
         self.name = f"hf:{self.path.name}"
         self.vocab_size = self._tok.get_vocab_size()
 
@@ -104,7 +127,27 @@ class HFTokenizer:
         return len(self.encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids))
+        return self._tok.decode([int(i) for i in ids])
+
+    def token_space(self) -> np.ndarray:
+        """Every id except added/special tokens, so synthetic prompts never contain control tokens."""
+        special: set[int] = set()
+        getter = getattr(self._tok, "get_added_tokens_decoder", None)
+        if getter is not None:
+            special = set(getter().keys())
+        ids = np.array([i for i in range(self.vocab_size) if i not in special], dtype=np.int32)
+        if len(ids) == 0:
+            raise fail(f"{self.path}: the tokenizer has no ordinary tokens to build synthetic prompts from")
+        return ids
+
+    def truncate(self, text: str, n: int) -> tuple[str, list[int]]:
+        """The prefix of ``text`` covered by its first ``n`` tokens (by offsets), and those ids."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        if len(enc.ids) <= n:
+            return text, list(enc.ids)
+        if n <= 0:
+            return "", []
+        return text[: enc.offsets[n - 1][1]], list(enc.ids[:n])
 
 
 def load_tokenizer(path: str | Path | None) -> BuiltinTokenizer | HFTokenizer:
