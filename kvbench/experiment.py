@@ -298,9 +298,10 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
         wrote = True
     report_path = out / "report.html"
     if report and rows and (done_now or not report_path.exists()):
-        from kvbench.report import build_report
+        from kvbench.report.commands import make_report
 
-        build_report([j.spec.output for j in jobs if j.done], report_path)
+        html, _ = make_report([j.spec.output for j in jobs if j.done])
+        write_text_atomic(report_path, html)
         wrote = True
     return {"generated": len(todo_gen), "ran": done_now, "skipped": len(jobs) - len(todo), "wrote": wrote,
             "summary": str(csv_path), "report": str(report_path) if report else None}

@@ -1,0 +1,101 @@
+"""From loaded runs to everything the report shows: sections per workload, charts, notes, the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from kvbench.report import charts
+from kvbench.report.inputs import LoadedInputs
+from kvbench.report.model import ReportRun, workload_description
+from kvbench.report.sweeps import find_sweeps
+from kvbench.report.table import ordered_runs, summary_table
+
+
+@dataclass
+class WorkloadSection:
+    key: str
+    label: str
+    runs: list[ReportRun]
+    charts: list[charts.Chart] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass
+class Report:
+    runs: list[ReportRun]
+    table: pd.DataFrame
+    sections: list[WorkloadSection]
+    notes: list[str]
+    skipped: list[tuple[str, str]]
+    baseline: ReportRun | None
+    palette: charts.Palette
+
+    @property
+    def charts(self) -> list[charts.Chart]:
+        return [c for s in self.sections for c in s.charts]
+
+
+def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palette) -> WorkloadSection:
+    section = WorkloadSection(key, runs[0].workload_label, runs, description=workload_description(runs[0].config))
+    prefix = f"w{index}"
+    completed = [r for r in runs if not r.ok.empty]
+    partial = [r for r in runs if r.n_failed and not r.ok.empty]
+    for run in runs:
+        if run.ok.empty:
+            section.notes.append(f"{run.name}: no completed requests ({len(run.requests)} rows, "
+                                 f"{run.n_failed} failed or cancelled); it has no latency curves.")
+        elif run.n_failed and len(partial) <= 3:
+            section.notes.append(f"{run.name}: {run.n_failed} of {len(run.requests)} requests failed or were "
+                                 "cancelled; latencies cover completed requests only (see Failed requests).")
+        for note in run.notes:
+            section.notes.append(f"{run.name}: {note}")
+    if len(partial) > 3:
+        worst = max(partial, key=lambda r: r.n_failed / len(r.requests))
+        section.notes.append(f"{len(partial)} runs have failed or cancelled requests (at most {worst.n_failed} of "
+                             f"{len(worst.requests)}, in {worst.name}); latencies cover completed requests only "
+                             "(see Failed requests).")
+    makers = [
+        lambda cid: charts.hit_rate_chart(cid, runs, palette),
+        lambda cid: charts.ttft_chart(cid, runs, palette),
+        lambda cid: charts.throughput_chart(cid, runs, palette),
+        lambda cid: charts.cdf_chart(cid, completed, palette, "ttft_s", "TTFT"),
+        lambda cid: charts.cdf_chart(cid, completed, palette, "e2e_s", "end-to-end latency"),
+        lambda cid: charts.hit_rate_over_time_chart(cid, runs, palette),
+        lambda cid: charts.worker_load_chart(cid, runs),
+    ]
+    for make in makers:
+        chart = make(f"{prefix}-c{len(section.charts)}")
+        if chart is not None:
+            section.charts.append(chart)
+    if not any(c.title == "hit rate over time" for c in section.charts):
+        section.notes.append("No run reports per-request cached tokens, so there is no hit rate over time.")
+    for sweep in find_sweeps(runs):
+        section.charts.append(charts.sweep_chart(f"{prefix}-c{len(section.charts)}", sweep, palette))
+    return section
+
+
+def build_report(loaded: LoadedInputs) -> Report:
+    runs = ordered_runs(loaded.runs)
+    palette = charts.Palette([r.combination for r in runs])
+    groups: dict[str, list[ReportRun]] = {}
+    for run in runs:
+        groups.setdefault(run.workload_key, []).append(run)
+    sections = [_section(i, key, members, palette) for i, (key, members) in enumerate(groups.items())]
+    notes = []
+    if not runs:
+        notes.append("No runs found: none of the inputs holds a run.json with its requests.parquet. "
+                     "Produce runs with `kvbench replay` and pass their directories.")
+    if len(sections) > 1:
+        notes.append(f"These {len(runs)} runs replay {len(sections)} different workloads; each has its own "
+                     "section below, and runs are only compared within a workload.")
+    if loaded.baseline is not None:
+        others = sum(1 for r in runs if r.workload_key != loaded.baseline.workload_key)
+        note = f"Ratios are against the baseline run {loaded.baseline.name}."
+        if others:
+            note += f" {others} run(s) of other workloads have no ratios."
+        notes.append(note)
+    return Report(runs=runs, table=summary_table(runs, loaded.baseline), sections=sections, notes=notes,
+                  skipped=loaded.skipped, baseline=loaded.baseline, palette=palette)
