@@ -22,6 +22,12 @@ A spec (``workloads/*.toml``) names its source setup and fixes everything a repr
     field = "cache_tokens"   # a ReplaySpec field, or "generate.<option>"
     values = [50000, 100000]
 
+    [reduced]                # `--reduced`: the same experiment, smaller (the test suite runs it)
+    generate = { groups = 8 }
+    replay = { cache_tokens = 20000 }
+    seeds = [0]
+    sweep_values = [50000]
+
 Work is resumable: a combination whose ``run.json`` exists is not rerun, a trace that exists is not
 regenerated, and when nothing new ran no file is rewritten.
 """
@@ -77,7 +83,7 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
 
 
-def load_spec(path: str | Path) -> Experiment:
+def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
     p = Path(path)
     if not p.exists():
         raise fail(f"{p}: no such spec file; see workloads/ for examples")
@@ -89,6 +95,17 @@ def load_spec(path: str | Path) -> Experiment:
     for key in ("name", "generate", "replay"):
         if key not in data:
             raise fail(f"{where}: missing '{key}'; see the module docstring of kvbench.experiment")
+    if reduced:
+        small = data.get("reduced")
+        if not isinstance(small, dict):
+            raise fail(f"{where}: no [reduced] table; add one to run --reduced")
+        data["generate"] = {**data["generate"], "args": {**data["generate"].get("args", {}),
+                                                         **small.get("generate", {})}}
+        data["replay"] = {**data["replay"], **small.get("replay", {})}
+        if "seeds" in small:
+            data["seeds"] = small["seeds"]
+        if "sweep_values" in small and data.get("sweep"):
+            data["sweep"] = {**data["sweep"], "values": small["sweep_values"]}
     gen = data["generate"]
     if "kind" not in gen:
         raise fail(f"{where}: [generate] needs kind = \"gsp\" | \"docqa\" | \"conversation\" | \"trace\"")
@@ -241,11 +258,12 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = None, jobs_n: int = 2,
-                   seeds: list[int] | None = None, report: bool = True, progress: bool = True) -> dict[str, Any]:
+                   seeds: list[int] | None = None, report: bool = True, progress: bool = True,
+                   reduced: bool = False) -> dict[str, Any]:
     """Run (or resume) an experiment; returns counts of what was done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    exp = load_spec(spec_path)
+    exp = load_spec(spec_path, reduced=reduced)
     if seeds:
         exp.seeds = seeds
     out = Path(out)
@@ -316,6 +334,7 @@ def register(app: typer.Typer) -> None:
         jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Parallel replay processes."),
         seeds: str = typer.Option(None, "--seeds", help="Override the spec's seeds, e.g. 0,1."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
+        reduced: bool = typer.Option(False, "--reduced", help="Run the spec's [reduced] version (a quick check)."),
     ) -> None:
         """Reproduce an experiment spec: traces, every combination over its seeds, summary.csv and report.html."""
         seed_list = None
@@ -324,8 +343,9 @@ def register(app: typer.Typer) -> None:
                 seed_list = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 raise fail(f"--seeds {seeds!r}: expected comma-separated integers") from None
-        exp = load_spec(spec)
-        out = output or Path("results") / exp.name
-        res = run_experiment(spec, out, target=target, jobs_n=jobs, seeds=seed_list, report=not no_report)
+        exp = load_spec(spec, reduced=reduced)
+        out = output or Path("results") / (exp.name + ("-reduced" if reduced else ""))
+        res = run_experiment(spec, out, target=target, jobs_n=jobs, seeds=seed_list, report=not no_report,
+                             reduced=reduced)
         typer.echo(f"{exp.name}: generated {res['generated']} trace(s), ran {res['ran']} run(s), "
                    f"skipped {res['skipped']} finished; summary {res['summary']}")

@@ -1,0 +1,100 @@
+"""`kvbench run`: every spec in workloads/ runs end to end in its reduced form, and re-running is a no-op."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kvbench.cli import app
+from kvbench.errors import KvbenchError
+from kvbench.experiment import load_spec, plan, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "workloads").glob("*.toml"))
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_spec_names_its_source():
+    assert len(SPECS) >= 10
+    for spec in SPECS:
+        exp = load_spec(spec)
+        assert exp.source and exp.offline, f"{spec.name}: source and offline notes are required"
+        assert exp.name == spec.stem
+        if exp.name != "quickstart":
+            assert len(exp.seeds) == 5, f"{spec.name}: reproductions use 5 seeds"
+
+
+def test_required_combinations_are_covered():
+    multi = set()
+    single = set()
+    for spec in SPECS:
+        exp = load_spec(spec)
+        workers = exp.replay.get("workers", 4)
+        if workers == 1:
+            single.update(exp.evictions)
+        else:
+            multi.update((e, r) for e in exp.evictions for r in exp.routers)
+    for router in ("random", "round_robin", "cache_aware", "lbgr"):
+        for ev in ("lru", "rlt"):
+            assert (ev, router) in multi
+    assert {"lru", "dbl", "arc", "belady"} <= single
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_reduced_spec_end_to_end(spec: Path, tmp_path: Path):
+    out = tmp_path / spec.stem
+    exp = load_spec(spec, reduced=True)
+    _, jobs = plan(exp, out)
+    res = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True)
+    assert res["ran"] == len(jobs) and res["skipped"] == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    n_values = len(exp.sweep_values) if exp.sweep_field else 1
+    assert len(rows) == len(exp.evictions) * len(exp.routers) * n_values
+    for row in rows:
+        assert 0.0 <= float(row["hit_rate_mean"]) <= 1.0
+        assert float(row["request_throughput_mean"]) > 0
+    for job in jobs:
+        run = json.loads((job.spec.output / "run.json").read_text())
+        assert run["summary"]["completed"] + run["summary"]["failed"] == run["summary"]["num_requests"]
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and exp.name in html
+
+    before = _snapshot(out)
+    again = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True)
+    assert again["ran"] == 0 and again["generated"] == 0 and not again["wrote"]
+    assert _snapshot(out) == before, "re-running a finished spec must not change any file"
+
+
+def test_resume_runs_only_missing_combinations(tmp_path: Path):
+    spec = ROOT / "workloads" / "quickstart.toml"
+    out = tmp_path / "qs"
+    first = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    exp = load_spec(spec, reduced=True)
+    _, jobs = plan(exp, out)
+    victim = jobs[1].spec.output
+    (victim / "run.json").unlink()
+    second = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    assert first["ran"] == len(jobs)
+    assert second["ran"] == 1 and second["skipped"] == len(jobs) - 1
+    assert (victim / "run.json").exists()
+
+
+def test_bad_specs_give_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[generate]\nkind = "gsp"\n[replay]\nworkerz = 3\n')
+    with pytest.raises(KvbenchError, match="unknown \\[replay\\] field"):
+        load_spec(bad)
+    bad.write_text("name = [\n")
+    with pytest.raises(KvbenchError, match="invalid TOML"):
+        load_spec(bad)
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(tmp_path / "missing.toml")])
+    assert result.exit_code != 0 and isinstance(result.exception, KvbenchError)
