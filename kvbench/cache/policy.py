@@ -1,6 +1,7 @@
 """The eviction-policy interface: small enough for vLLM's block pool and for the simulator's cache.
 
-A policy sees opaque integer block keys (hash ids in the simulator, block ids inside vLLM) and a stream
+A policy sees opaque integer block keys (kvbench chained block hashes, in the simulator and inside vLLM
+alike, so seeded random choices agree between the two) and a stream
 of events; it never owns memory. The owner (``kvbench.cache.prefix.PrefixCache`` or the vLLM adapter)
 guarantees:
 

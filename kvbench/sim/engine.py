@@ -44,7 +44,9 @@ class SimRequest:
         self.input = route.input_tokens
         self.output = max(1, route.output_tokens)  # one sampled token ends any prefill
         self.hashes = hashes
-        self.total_blocks = -(-(self.input + self.output) // block_size)
+        # KV slots as vLLM allocates them: the prompt plus every generated token but the last, which is
+        # sampled and never fed back through the model.
+        self.total_blocks = -(-(self.input + self.output - 1) // block_size)
         self.max_hit = max(0, (self.input - 1) // block_size)
         self.release_s: float | None = None
         self.worker = -1

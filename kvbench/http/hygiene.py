@@ -1,0 +1,106 @@
+"""Cache hygiene: start every run from an empty prefix cache, check that it really is empty, say what was done.
+
+vLLM exposes ``POST /reset_prefix_cache`` only with ``VLLM_SERVER_DEV_MODE=1`` (else 404) and answers 200
+with ``{"success": false}`` while blocks are still held. A reset is verified with a probe: a prompt is
+cached, the cache reset, the prompt sent again; zero cached tokens (from usage, or from the /metrics hit
+counter when usage lacks them) proves the reset worked. A last reset removes the probe itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+
+from kvbench.http import metrics
+from kvbench.http.client import ClientSettings, Prompt, send
+from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
+
+RESET_PATH = "/reset_prefix_cache"
+
+
+@dataclass
+class HygieneRecord:
+    url: str
+    action: str  # reset | skipped | unsupported | refused | failed
+    detail: str = ""
+    verified: bool | None = None
+    probe_cached_tokens: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_prompt(block_size: int) -> Prompt:
+    """Two full blocks and one token: long enough that a warm cache must report a hit."""
+    n = 2 * block_size + 1
+    ids = [(7919 * i + 104_729) % WORD_COUNT for i in range(n)]
+    return Prompt(token_ids=ids, text=BuiltinTokenizer().decode(ids))
+
+
+async def post_reset(session: aiohttp.ClientSession, url: str, attempts: int = 5) -> tuple[str, str]:
+    """(action, detail) after retrying a refused reset a few times (blocks may still be held)."""
+    detail = ""
+    for i in range(attempts):
+        try:
+            async with session.post(url + RESET_PATH, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                text = await resp.text()
+                if resp.status in (404, 405):
+                    return "unsupported", (f"POST {RESET_PATH} answered HTTP {resp.status}; vLLM serves it "
+                                           "only with VLLM_SERVER_DEV_MODE=1")
+                if resp.status != 200:
+                    return "failed", f"POST {RESET_PATH} answered HTTP {resp.status}: {text[:200]}"
+                try:
+                    import json
+
+                    body = json.loads(text) if text.strip() else {}
+                except ValueError:
+                    body = {}
+                if not isinstance(body, dict) or body.get("success", True):
+                    return "reset", f"POST {RESET_PATH}: HTTP 200 {text.strip()[:80]}"
+                detail = f"POST {RESET_PATH} answered success=false {i + 1} time(s) (blocks still in use)"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return "failed", f"POST {RESET_PATH} failed: {type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.5)
+    return "refused", detail
+
+
+async def _probe_cached(session, url: str, settings: ClientSettings, prompt: Prompt) -> tuple[int | None, str]:
+    before = await metrics.scrape(session, url)
+    out = await send(session, url, settings, prompt, 1, use_ids=True)
+    if out.status != "ok" and out.rejected_token_ids:
+        out = await send(session, url, settings, prompt, 1, use_ids=False)
+    if out.status != "ok":
+        return None, f"probe failed: {out.error}"
+    if out.cached_tokens is not None:
+        return out.cached_tokens, "usage.prompt_tokens_details.cached_tokens"
+    after = await metrics.scrape(session, url)
+    hits = metrics.delta(before, after, metrics.PREFIX_HITS)
+    if hits is None:
+        return None, "server reports neither cached_tokens nor prefix-cache counters"
+    return int(hits), "/metrics prefix_cache_hits delta"
+
+
+async def reset_and_verify(session: aiohttp.ClientSession, url: str, settings: ClientSettings,
+                           block_size: int) -> HygieneRecord:
+    action, detail = await post_reset(session, url)
+    if action != "reset":
+        return HygieneRecord(url=url, action=action, detail=detail)
+    probe_settings = ClientSettings(model=settings.model, api="completions", timeout_s=min(settings.timeout_s, 120))
+    prompt = probe_prompt(block_size)
+    warm, how = await _probe_cached(session, url, probe_settings, prompt)  # caches the probe
+    if warm is None and how.startswith("probe failed"):
+        return HygieneRecord(url=url, action="reset", detail=f"{detail}; not verified: {how}")
+    action, d2 = await post_reset(session, url)
+    if action != "reset":
+        return HygieneRecord(url=url, action=action, detail=f"second reset: {d2}")
+    cold, how = await _probe_cached(session, url, probe_settings, prompt)
+    verified = None if cold is None else cold == 0
+    action, d3 = await post_reset(session, url)  # drop the probe itself
+    rec = HygieneRecord(url=url, action=action, verified=verified, probe_cached_tokens=cold,
+                        detail=f"{detail}; verified by re-sending a cached probe ({how})")
+    if action != "reset":
+        rec.detail += f"; final reset: {d3}"
+    return rec

@@ -1,0 +1,141 @@
+"""Prometheus /metrics scraping: the server's own view of prefix-cache hits, cache size and TTFT.
+
+Only the text exposition format is parsed (every OpenAI-compatible server we target speaks it). Series of
+one metric name are summed over their labels (vLLM labels by engine and model), so a worker with several
+engines still yields one number per metric.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+CACHE_CONFIG = "vllm:cache_config_info"
+TTFT_SUM = "vllm:time_to_first_token_seconds_sum"
+TTFT_COUNT = "vllm:time_to_first_token_seconds_count"
+REQUEST_SUCCESS = "vllm:request_success_total"
+PREEMPTIONS = "vllm:num_preemptions_total"
+
+# The counters and gauges recorded before and after a run (others are parsed but not kept).
+KEPT = (PREFIX_QUERIES, PREFIX_HITS, KV_USAGE, TTFT_SUM, TTFT_COUNT, REQUEST_SUCCESS, PREEMPTIONS,
+        "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total")
+
+_LINE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$")
+_LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"(?P<val>(?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def _unescape(v: str) -> str:
+    return v.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\")
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """Samples of a text exposition; lines that do not parse are skipped (servers add odd comments)."""
+    out: list[Sample] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            continue
+        labels = {lm.group("key"): _unescape(lm.group("val")) for lm in _LABEL.finditer(m.group("labels") or "")}
+        out.append(Sample(m.group("name"), labels, value))
+    return out
+
+
+@dataclass
+class MetricsSnapshot:
+    """What one scrape of one worker told us; ``error`` says why there is nothing."""
+
+    url: str
+    values: dict[str, float] = field(default_factory=dict)  # summed over label sets
+    cache_config: dict[str, str] = field(default_factory=dict)  # labels of vllm:cache_config_info
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def block_size(self) -> int | None:
+        return _int_or_none(self.cache_config.get("block_size"))
+
+    @property
+    def num_blocks(self) -> int | None:
+        return _int_or_none(self.cache_config.get("num_gpu_blocks"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "values": self.values, "cache_config": self.cache_config, "error": self.error}
+
+    @classmethod
+    def from_text(cls, url: str, text: str) -> MetricsSnapshot:
+        snap = cls(url=url)
+        for s in parse_prometheus(text):
+            if s.name == CACHE_CONFIG:
+                snap.cache_config = dict(s.labels)
+            elif s.name in KEPT and math.isfinite(s.value):
+                snap.values[s.name] = snap.values.get(s.name, 0.0) + s.value
+        return snap
+
+
+def _int_or_none(v: str | None) -> int | None:
+    try:
+        return int(float(v)) if v not in (None, "", "None") else None
+    except ValueError:
+        return None
+
+
+async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0) -> MetricsSnapshot:
+    """Never raises: a worker without /metrics still gets replayed, just without server counters."""
+    try:
+        async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            if resp.status != 200:
+                return MetricsSnapshot(url=url, error=f"GET /metrics answered HTTP {resp.status}")
+            return MetricsSnapshot.from_text(url, await resp.text())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return MetricsSnapshot(url=url, error=f"GET /metrics failed: {type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str) -> float | None:
+    if not (before.ok and after.ok) or name not in before.values or name not in after.values:
+        return None
+    return after.values[name] - before.values[name]
+
+
+def counter_hit_rate(pairs: list[tuple[MetricsSnapshot, MetricsSnapshot]]) -> dict[str, float | None]:
+    """Run hit rate from prefix-cache counter deltas summed over workers (None if any worker lacks them)."""
+    hits = queries = 0.0
+    for before, after in pairs:
+        h, q = delta(before, after, PREFIX_HITS), delta(before, after, PREFIX_QUERIES)
+        if h is None or q is None:
+            return {"hits": None, "queries": None, "hit_rate": None}
+        hits += h
+        queries += q
+    return {"hits": hits, "queries": queries, "hit_rate": hits / queries if queries else None}
+
+
+def histogram_mean_delta(before: MetricsSnapshot, after: MetricsSnapshot, base: str) -> float | None:
+    """Mean of the observations a histogram received between two scrapes."""
+    s, c = delta(before, after, f"{base}_sum"), delta(before, after, f"{base}_count")
+    if s is None or not c:
+        return None
+    return s / c

@@ -1,0 +1,125 @@
+"""What each replayed request sends: the trace's prompt, or (``--history generated``) the conversation so far.
+
+Traces carry token ids, text, or only hash ids (imported Mooncake / Bailian traces). Hash-only rows get
+synthetic token ids derived from each block's hash id, so equal hash ids still mean equal prefixes on the
+server. Generated history: prompt_k = prompt sent for turn k-1 + the output generated for it + the last
+``user_tokens`` tokens of the trace's prompt_k.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from kvbench.http.client import Outcome, Prompt
+from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
+
+_PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def synthesize_ids(hash_ids: np.ndarray, input_tokens: int, block_size: int, salt: str) -> list[int]:
+    """Token ids whose blocks are a pure function of the block's hash id (the tail of the request's id)."""
+    out: list[int] = []
+    for h in np.asarray(hash_ids, dtype=np.int64).tolist():
+        rng = np.random.default_rng(h & 0xFFFFFFFFFFFFFFFF)
+        out.extend(rng.integers(0, WORD_COUNT, block_size).tolist())
+    tail = input_tokens - len(out)
+    if tail > 0:
+        rng = np.random.default_rng(list(salt.encode("utf-8")) or [0])
+        out.extend(rng.integers(0, WORD_COUNT, tail).tolist())
+    return out[:input_tokens]
+
+
+def text_suffix(text: str, n_tokens: int) -> str:
+    """The last ``n_tokens`` builtin-tokenizer pieces of ``text`` (the new user turn)."""
+    if n_tokens <= 0:
+        return ""
+    spans = [m.start() for m in _PIECE.finditer(text)]
+    if n_tokens >= len(spans):
+        return text
+    return text[spans[len(spans) - n_tokens]:]
+
+
+@dataclass
+class SessionHistory:
+    """The last prompt a session sent and what the server generated for it."""
+
+    prompt: Prompt | None = None
+    output: Outcome | None = None
+
+    def record(self, prompt: Prompt, out: Outcome) -> None:
+        self.prompt, self.output = prompt, out
+
+
+class PromptSource:
+    def __init__(self, df: pd.DataFrame, block_size: int, tokenizer_name: str = "kvbench-builtin-v1"):
+        self.df = df
+        self.block_size = block_size
+        self.tok = BuiltinTokenizer()
+        self.builtin = tokenizer_name == BuiltinTokenizer.name
+        self._has_ids = "prompt_token_ids" in df.columns
+        self._has_text = "prompt" in df.columns
+
+    def _ids(self, i: int) -> list[int] | None:
+        if self._has_ids:
+            v = self.df.at[i, "prompt_token_ids"]
+            if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                return [int(x) for x in v]
+        if self._text(i) is None:
+            r = self.df.iloc[i]
+            return synthesize_ids(r["hash_ids"], int(r["input_tokens"]), self.block_size, str(r["request_id"]))
+        return None
+
+    def _text(self, i: int) -> str | None:
+        if self._has_text:
+            v = self.df.at[i, "prompt"]
+            if isinstance(v, str):
+                return v
+        return None
+
+    def recorded(self, i: int) -> Prompt:
+        ids = self._ids(i)
+        text = self._text(i)
+        if text is None and ids is not None:
+            text = self.tok.decode(ids)
+        return Prompt(token_ids=ids, text=text, recorded=True)
+
+    def prompt(self, i: int, history: SessionHistory | None, chat: bool = False) -> Prompt:
+        base = self.recorded(i)
+        if history is None or history.prompt is None or history.output is None:
+            if chat and history is not None:
+                base.messages = [{"role": "user", "content": base.text or ""}]
+            return base
+        prev, out = history.prompt, history.output
+        n_user = int(self.df.at[i, "user_tokens"]) if "user_tokens" in self.df.columns else int(base_len(base))
+        user_ids = base.token_ids[len(base.token_ids) - n_user:] if base.token_ids is not None and n_user > 0 else []
+        if base.token_ids is not None and n_user > 0 and (self._text(i) is None or self.builtin):
+            user_text = self.tok.decode(user_ids)
+        else:
+            user_text = text_suffix(base.text or "", n_user)
+        sep = " " if user_text and not user_text.startswith((" ", "\n")) else ""
+        text = (prev.text or "") + out.text + sep + user_text
+        if chat:
+            msgs = list(prev.messages or [{"role": "user", "content": prev.text or ""}])
+            msgs += [{"role": "assistant", "content": out.text}, {"role": "user", "content": user_text}]
+            return Prompt(token_ids=None, text=text, messages=msgs, recorded=False)
+        if prev.token_ids is not None and out.token_ids is not None and base.token_ids is not None:
+            return Prompt(token_ids=list(prev.token_ids) + list(out.token_ids) + user_ids, text=text, recorded=False)
+        return Prompt(token_ids=None, text=text, recorded=False)
+
+    def length(self, i: int, prompt: Prompt) -> int:
+        if prompt.recorded:
+            return int(self.df.at[i, "input_tokens"])
+        if prompt.token_ids is not None:
+            return len(prompt.token_ids)
+        return self.tok.count(prompt.text or "")
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+
+def base_len(p: Prompt) -> int:
+    return len(p.token_ids) if p.token_ids is not None else 0

@@ -1,0 +1,362 @@
+"""Replay a trace against real OpenAI-compatible workers (the HTTP backend of ``kvbench replay``).
+
+Open-loop requests are sent at their trace time by one scheduler that sleeps until each arrival and records
+how late every send was. Sessions are closed loop: a turn is released when the previous one has finished
+plus its think time, with the recorded prompt (``--history recorded``) or the prompt actually sent plus the
+output actually generated (``--history generated``). Routing uses the same router objects as the simulator.
+Ctrl-C keeps everything gathered so far: requests in flight or never sent become ``cancelled`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pandas as pd
+
+from kvbench.errors import KvbenchError, fail
+from kvbench.hashing import block_hashes
+from kvbench.http import metrics
+from kvbench.http.client import ClientSettings, Outcome, Prompt, send
+from kvbench.http.hygiene import reset_and_verify
+from kvbench.http.progress import RunProgress
+from kvbench.http.prompts import PromptSource, SessionHistory
+from kvbench.http.targets import Target, parse_target
+from kvbench.replay import BackendResult, ReplaySpec
+from kvbench.routing import Completion, RouterConfig, RouteRequest, make_router
+from kvbench.trace import Trace, replay_order
+
+PREFLIGHT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Preflight:
+    model: str
+    served: dict[str, list[str]] = field(default_factory=dict)
+
+
+async def _models(session: aiohttp.ClientSession, url: str) -> tuple[list[str] | None, str | None]:
+    """Served model ids (None if the server has no /v1/models), or an error if the URL is unreachable."""
+    try:
+        async with session.get(f"{url}/v1/models", timeout=aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT_S)) as r:
+            if r.status != 200:
+                return None, None
+            data = await r.json(content_type=None)
+            return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)], None
+    except aiohttp.ClientConnectorError as exc:
+        return None, f"cannot connect ({exc.os_error or exc})"
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}".rstrip(": ") if str(exc) else type(exc).__name__
+
+
+async def preflight(session: aiohttp.ClientSession, target: Target, model: str | None) -> Preflight:
+    """Check every worker answers before any work starts; resolve the model name to send."""
+    results = await asyncio.gather(*(_models(session, u) for u in target.urls))
+    bad = [f"{u} ({err})" for u, (_, err) in zip(target.urls, results) if err]
+    if bad:
+        raise fail(f"worker unreachable: {'; '.join(bad)}; start it or fix --target")
+    served = {u: ids for u, (ids, _) in zip(target.urls, results) if ids is not None}
+    if model:
+        missing = [u for u, ids in served.items() if ids and model not in ids]
+        if missing:
+            raise fail(f"--model {model}: not served by {missing[0]} (it serves {', '.join(served[missing[0]])})")
+        return Preflight(model=model, served=served)
+    if target.model and all(not ids or target.model in ids for ids in served.values()):
+        return Preflight(model=target.model, served=served)
+    for u in target.urls:
+        if served.get(u):
+            return Preflight(model=served[u][0], served=served)
+    raise fail(f"{target.urls[0]}: no /v1/models list to take the model name from; pass --model NAME")
+
+
+async def sleep_until(deadline: float, spin_s: float = 0.0015) -> None:
+    """Sleep to a monotonic deadline; the event loop's timers are ~1 ms coarse, so the last
+    ``spin_s`` is spent yielding to the loop (other requests keep running) rather than oversleeping."""
+    delay = deadline - time.monotonic()
+    if delay > spin_s:
+        await asyncio.sleep(delay - spin_s)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0)
+
+
+def _lag_stats(lags: np.ndarray) -> dict[str, Any]:
+    if not len(lags):
+        return {"n": 0}
+    ms = lags * 1000.0
+    return {"n": len(ms), "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+
+
+class HttpReplay:
+    def __init__(self, spec: ReplaySpec, trace: Trace, target: Target):
+        self.spec = spec
+        self.trace = trace
+        self.target = target
+        self.urls = target.urls
+        self.n = len(self.urls)
+        df = trace.df
+        if spec.max_requests is not None and len(df) > spec.max_requests:
+            keep = np.sort(replay_order(df)[: spec.max_requests])
+            df = df.iloc[keep]
+        self.df = df.reset_index(drop=True)
+        self.rows: list[dict[str, Any]] = [self._blank_row(i) for i in range(len(self.df))]
+        self.accepts_ids = [True] * self.n
+        self.dead: dict[int, str] = {}
+        self.interrupted = False
+        self.t0 = 0.0
+
+    def _blank_row(self, i: int) -> dict[str, Any]:
+        r = self.df.iloc[i]
+        sid = r.get("session_id")
+        return {"request_id": str(r["request_id"]), "session_id": None if pd.isna(sid) else str(sid),
+                "turn": int(r.get("turn", 0)), "group_id": r.get("group_id"), "worker": -1,
+                "arrival_s": np.nan, "sent_s": np.nan, "first_token_s": np.nan, "done_s": np.nan,
+                "ttft_s": np.nan, "e2e_s": np.nan, "tpot_s": np.nan, "itl_s": None,
+                "input_tokens": int(r["input_tokens"]), "output_tokens": 0, "cached_tokens": None,
+                "status": "cancelled", "error": "not sent (run interrupted)"}
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _choose_block_size(self, snaps: list[metrics.MetricsSnapshot]) -> tuple[int, str]:
+        sizes = [s.block_size for s in snaps if s.block_size]
+        if sizes:
+            return sizes[0], "server /metrics cache_config_info"
+        if self.target.block_size:
+            return self.target.block_size, f"{self.target.source}"
+        return self.spec.block_size, "--block-size"
+
+    def _hash_lists(self, bs: int) -> tuple[list[np.ndarray], int]:
+        """Hash ids at the server's block size, so routers see the blocks the server caches."""
+        try:
+            all_ids = self.trace.hash_ids_at(bs)
+            idx = self.df.index if len(self.df) == len(self.trace.df) else None
+            if idx is None:
+                pos = {rid: k for k, rid in enumerate(self.trace.df["request_id"])}
+                return [all_ids[pos[rid]] for rid in self.df["request_id"]], bs
+            return all_ids, bs
+        except KvbenchError:
+            col = self.df.get("prompt_token_ids")
+            if col is not None and col.notna().all():
+                return [block_hashes(np.asarray(t, dtype=np.int64), bs) for t in col], bs
+            return [np.asarray(h, dtype=np.int64) for h in self.df["hash_ids"]], self.trace.block_size
+
+    # ------------------------------------------------------------------------------------------- run
+    async def run(self) -> BackendResult:
+        spec = self.spec
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            pre = await preflight(session, self.target, spec.model)
+            self.settings = ClientSettings(model=pre.model, api=spec.api, timeout_s=spec.timeout_s,
+                                           return_token_ids=spec.history == "generated")
+            config_snaps = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
+            bs, bs_source = self._choose_block_size(config_snaps)
+            self.hashes, self.router_bs = self._hash_lists(bs)
+            num_blocks = next((s.num_blocks for s in config_snaps if s.num_blocks), None)
+            self.router = make_router(spec.router, RouterConfig(
+                workers=self.n, block_size=self.router_bs, seed=spec.seed, params=dict(spec.router_params),
+                cache_blocks=num_blocks))
+            self.prompts = PromptSource(self.df, self.trace.block_size, self.trace.meta.tokenizer)
+            if spec.reset_cache:
+                recs = await asyncio.gather(*(reset_and_verify(session, u, self.settings, bs) for u in self.urls))
+                hygiene: Any = [r.to_json() for r in recs]
+            else:
+                hygiene = "skipped (--no-reset-cache)"
+            before = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
+            self.sem = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
+            self.session = session
+            with RunProgress(len(self.rows), enabled=spec.progress, label=f"replay -> {self.n} worker(s)") as prog:
+                self.progress = prog
+                await self._drive()
+            after_timeout = 3.0 if self.interrupted else 10.0
+            after = await asyncio.gather(*(metrics.scrape(session, u, after_timeout) for u in self.urls))
+        return self._result(pre, bs, bs_source, config_snaps, hygiene, before, after)
+
+    async def _drive(self) -> None:
+        """Launch open-loop requests and session heads at their times; Ctrl-C cancels and keeps rows."""
+        tasks: list[asyncio.Task] = []
+        try:
+            self.t0 = time.monotonic()
+            for start_s, kind, key in self._schedule():
+                await sleep_until(self.t0 + start_s)
+                if kind == "single":
+                    tasks.append(asyncio.create_task(self._request(key, start_s, None)))
+                else:
+                    tasks.append(asyncio.create_task(self._session(key, start_s)))
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            self.interrupted = True
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+
+    def _schedule(self) -> list[tuple[float, str, Any]]:
+        scale = self.spec.time_scale
+        arrival = self.df["arrival_s"].to_numpy(dtype=float) * scale
+        items: list[tuple[float, str, Any]] = []
+        sessions: dict[str, list[int]] = {}
+        for i, sid in enumerate(self.df["session_id"]):
+            if sid is None or (isinstance(sid, float) and np.isnan(sid)):
+                items.append((float(arrival[i]), "single", i))
+            else:
+                sessions.setdefault(str(sid), []).append(i)
+        for sid, idx in sessions.items():
+            idx.sort(key=lambda j: (int(self.df.at[j, "turn"]), arrival[j]))
+            items.append((float(arrival[idx[0]]), "session", idx))
+        items.sort(key=lambda t: (t[0], 0 if t[1] == "single" else 1))
+        return items
+
+    async def _session(self, idx: list[int], start_s: float) -> None:
+        history = SessionHistory() if self.spec.history == "generated" else None
+        release = start_s
+        for k, i in enumerate(idx):
+            if k:
+                think = float(self.df.at[i, "think_s"]) * self.spec.time_scale
+                release = (time.monotonic() - self.t0) + max(0.0, think)
+                await sleep_until(self.t0 + release)
+            await self._request(i, release, history)
+
+    async def _request(self, i: int, scheduled_s: float, history: SessionHistory | None) -> None:
+        row = self.rows[i]
+        row["arrival_s"] = scheduled_s
+        row["error"] = "in flight when the run was interrupted"
+        sem = self.sem or contextlib.nullcontext()
+        route_req: RouteRequest | None = None
+        worker = -1
+        try:
+            async with sem:
+                prompt = self.prompts.prompt(i, history, chat=self.spec.api == "chat")
+                route_req = RouteRequest(
+                    request_id=row["request_id"], input_tokens=self.prompts.length(i, prompt),
+                    output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
+                    prompt_token_ids=prompt.token_ids, prompt=prompt.text, session_id=row["session_id"])
+                out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]))
+            self._fill(row, out, worker, scheduled_s)
+            if history is not None:
+                history.record(prompt, out)
+        except asyncio.CancelledError:
+            row["status"] = "cancelled"
+            row["worker"] = worker
+            if route_req is not None and worker >= 0:
+                self.router.complete(route_req, worker, time.monotonic() - self.t0,
+                                     Completion(None, None, None, 0, ok=False))
+            raise
+        finally:
+            self.progress.advance(row["status"])
+
+    def _route_hashes(self, i: int, prompt: Prompt) -> np.ndarray:
+        if prompt.recorded:
+            return self.hashes[i]
+        ids = prompt.token_ids if prompt.token_ids is not None else self.prompts.encode(prompt.text or "")
+        return block_hashes(np.asarray(ids, dtype=np.int64), self.router_bs)
+
+    async def _send_routed(self, req: RouteRequest, prompt: Prompt, max_tokens: int) -> tuple[Outcome, int]:
+        """Route, send, and on a refused connection mark the worker dead and route again."""
+        last: Outcome | None = None
+        last_w = -1
+        for _ in range(self.n):
+            now = time.monotonic() - self.t0
+            try:
+                w = self.router.route(req, now)
+            except RuntimeError:
+                break
+            out = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, self.accepts_ids[w])
+            if out.rejected_token_ids:
+                retry = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, use_ids=False)
+                if retry.status == "ok":
+                    self.accepts_ids[w] = False
+                    out = retry
+            done_now = time.monotonic() - self.t0
+            self.router.complete(req, w, done_now, Completion(
+                ttft_s=None if out.first_token is None else out.first_token - out.sent,
+                e2e_s=None if out.done is None else out.done - out.sent,
+                cached_tokens=out.cached_tokens, output_tokens=out.completion_tokens or len(out.chunk_times),
+                ok=out.status == "ok"))
+            if out.worker_lost and self.router.alive[w]:
+                self.router.set_alive(w, False)
+                self.dead[w] = out.error or "connection lost"
+            if not out.connect_failed:
+                return out, w
+            last, last_w = out, w
+        if last is None:
+            last = Outcome(status="error", error="no live workers left to route to", done=time.monotonic())
+        return last, last_w
+
+    def _fill(self, row: dict[str, Any], out: Outcome, worker: int, scheduled_s: float) -> None:
+        t0 = self.t0
+        rel = (lambda t: np.nan if t is None else t - t0)
+        row["worker"] = worker
+        row["sent_s"] = rel(out.sent)
+        row["first_token_s"] = rel(out.first_token)
+        row["done_s"] = rel(out.done)
+        row["status"] = out.status
+        row["error"] = out.error
+        if out.prompt_tokens is not None:
+            row["input_tokens"] = int(out.prompt_tokens)
+        n_out = out.completion_tokens if out.completion_tokens is not None else len(out.chunk_times)
+        row["output_tokens"] = int(n_out)
+        row["cached_tokens"] = out.cached_tokens
+        if out.status != "ok":
+            return
+        row["ttft_s"] = row["first_token_s"] - scheduled_s
+        row["e2e_s"] = row["done_s"] - scheduled_s
+        if n_out > 1 and out.first_token is not None:
+            row["tpot_s"] = (out.done - out.first_token) / (n_out - 1)
+        row["itl_s"] = np.diff(np.asarray(out.chunk_times)).tolist() if len(out.chunk_times) > 1 else []
+
+    # ---------------------------------------------------------------------------------------- result
+    def _result(self, pre: Preflight, bs: int, bs_source: str, config_snaps, hygiene, before, after) -> BackendResult:
+        df = pd.DataFrame(self.rows)
+        sent = df[df["sent_s"].notna()]
+        lags = (sent["sent_s"] - sent["arrival_s"]).to_numpy(dtype=float)
+        pairs = list(zip(before, after))
+        counters = metrics.counter_hit_rate(pairs)
+        server_ttft = [metrics.histogram_mean_delta(b, a, "vllm:time_to_first_token_seconds") for b, a in pairs]
+        config = {
+            "backend": "http",
+            "target": {"source": self.target.source, "urls": self.urls, "cluster": self.target.cluster or None},
+            "model": pre.model,
+            "served_models": pre.served,
+            "api": self.spec.api,
+            "history": self.spec.history,
+            "prompt_format": ["token_ids" if ok else "text" for ok in self.accepts_ids]
+            if self.spec.api == "completions" else ["chat"] * self.n,
+            "block_size": bs,
+            "block_size_source": bs_source,
+            "router_block_size": self.router_bs,
+            "router": self.router.describe(),
+            "eviction_reported_by_target": self.target.eviction,
+            "server_cache": [{"url": s.url, "block_size": s.block_size, "num_blocks": s.num_blocks,
+                              "cache_config": s.cache_config, "error": s.error} for s in config_snaps],
+            "cache_hygiene": hygiene,
+            "metrics_before": [s.to_json() for s in before],
+            "metrics_after": [s.to_json() for s in after],
+            "server_counters": counters,
+            "server_ttft_mean_ms": [None if v is None else v * 1000.0 for v in server_ttft],
+            "send_lag": _lag_stats(lags),
+            "dead_workers": {self.urls[w]: why for w, why in self.dead.items()},
+            "max_concurrency": self.spec.max_concurrency,
+            "timeout_s": self.spec.timeout_s,
+        }
+        return BackendResult(rows=df, workers=list(self.urls), config=config,
+                             hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted)
+
+
+def run_http(spec: ReplaySpec, trace: Trace) -> BackendResult:
+    """The HTTP backend of ``kvbench replay`` (see module docstring)."""
+    if spec.history not in ("recorded", "generated"):
+        raise fail(f"--history {spec.history}: use 'recorded' or 'generated'")
+    if spec.api not in ("completions", "chat"):
+        raise fail(f"--api {spec.api}: use 'completions' or 'chat'")
+    if spec.max_concurrency is not None and spec.max_concurrency < 1:
+        raise fail(f"--max-concurrency {spec.max_concurrency}: must be at least 1")
+    if spec.timeout_s <= 0:
+        raise fail(f"--timeout {spec.timeout_s}: must be positive")
+    target = parse_target(spec.target)
+    return asyncio.run(HttpReplay(spec, trace, target).run())

@@ -1,0 +1,79 @@
+"""Prometheus parsing and cache hygiene outcomes."""
+
+from __future__ import annotations
+
+import pytest
+from http_helpers import open_loop_trace, spec_for
+
+from kvbench.errors import KvbenchError
+from kvbench.http import metrics
+from kvbench.http.replay import run_http
+from kvbench.http.targets import parse_target
+
+SAMPLE = '''# HELP vllm:prefix_cache_hits_total Prefix cache hits
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m \\"q\\""} 96.0
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 4.0
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 200.0 1712345678000
+vllm:cache_config_info{block_size="32",num_gpu_blocks="1024",cache_dtype="auto"} 1.0
+vllm:time_to_first_token_seconds_sum{engine="0"} 1.5
+vllm:time_to_first_token_seconds_count{engine="0"} 3.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf"} 3.0
+garbage line
+'''
+
+
+def test_parse_sums_label_sets_and_reads_cache_config():
+    snap = metrics.MetricsSnapshot.from_text("u", SAMPLE)
+    assert snap.values[metrics.PREFIX_HITS] == 100.0
+    assert snap.values[metrics.PREFIX_QUERIES] == 200.0
+    assert snap.block_size == 32 and snap.num_blocks == 1024
+    labels = [s.labels for s in metrics.parse_prometheus(SAMPLE) if s.name == metrics.PREFIX_HITS]
+    assert labels[0]["model_name"] == 'm "q"'
+
+
+def test_counter_deltas_and_histogram_mean():
+    before = metrics.MetricsSnapshot.from_text("u", SAMPLE)
+    after = metrics.MetricsSnapshot.from_text("u", SAMPLE.replace("96.0", "146.0").replace("200.0", "300.0")
+                                              .replace("1.5", "2.5").replace("_count{engine=\"0\"} 3.0",
+                                                                             "_count{engine=\"0\"} 5.0"))
+    assert metrics.counter_hit_rate([(before, after)]) == {"hits": 50.0, "queries": 100.0, "hit_rate": 0.5}
+    assert metrics.histogram_mean_delta(before, after, "vllm:time_to_first_token_seconds") == pytest.approx(0.5)
+    missing = metrics.MetricsSnapshot(url="u", error="GET /metrics answered HTTP 404")
+    assert metrics.counter_hit_rate([(before, after), (missing, missing)])["hit_rate"] is None
+
+
+@pytest.mark.parametrize("reset, action", [("404", "unsupported"), ("false", "refused")])
+def test_hygiene_records_servers_that_cannot_reset(tmp_path, fake_server, reset, action):
+    srv = fake_server(reset=reset)
+    res = run_http(spec_for(tmp_path, [srv.url]), open_loop_trace(2, 0.0))
+    rec = res.config["cache_hygiene"][0]
+    assert rec["action"] == action and rec["verified"] is None
+    if reset == "404":
+        assert "VLLM_SERVER_DEV_MODE=1" in rec["detail"]
+    assert (res.rows["status"] == "ok").all()
+
+
+def test_run_config_records_server_view(tmp_path, fake_server):
+    srv = fake_server(block_size=32)
+    res = run_http(spec_for(tmp_path, [srv.url]), open_loop_trace(4, 0.0, prompt_len=70, shared=64))
+    cfg = res.config
+    assert cfg["block_size"] == 32 and cfg["router_block_size"] == 32
+    assert cfg["server_cache"][0]["num_blocks"] == 512
+    assert cfg["model"] == "fake-model"
+    assert cfg["metrics_after"][0]["values"][metrics.PREFIX_QUERIES] > cfg["metrics_before"][0]["values"][
+        metrics.PREFIX_QUERIES]
+    assert cfg["server_ttft_mean_ms"][0] is not None
+
+
+def test_target_parsing(tmp_path):
+    t = parse_target("http://127.0.0.1:1/v1/, http://127.0.0.1:2")
+    assert t.urls == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    with pytest.raises(KvbenchError, match="twice"):
+        parse_target("http://a:1,http://a:1")
+    with pytest.raises(KvbenchError, match="cluster.json"):
+        parse_target(str(tmp_path / "missing.json"))
+    p = tmp_path / "cluster.json"
+    p.write_text('{"workers": [{"url": "http://127.0.0.1:5/"}], "model": "m", "block_size": 32, "eviction": "rlt"}')
+    t = parse_target(str(p))
+    assert (t.urls, t.model, t.block_size, t.eviction) == (["http://127.0.0.1:5"], "m", 32, "rlt")

@@ -1,0 +1,143 @@
+"""HTTP replay against fake OpenAI-compatible workers: timing, sessions, streaming, hit rates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from http_helpers import make_trace, open_loop_trace, spec_for
+
+from kvbench.http.replay import run_http
+from kvbench.results import compute_summary, requests_table
+
+
+def test_open_loop_send_times_follow_the_trace(tmp_path, fake_server):
+    srv = fake_server()
+    trace = open_loop_trace(25, gap_s=0.03)
+    res = run_http(spec_for(tmp_path, [srv.url]), trace)
+    df = res.rows.sort_values("arrival_s")
+    assert (df["status"] == "ok").all()
+    np.testing.assert_allclose(df["arrival_s"], np.arange(25) * 0.03)
+    lag = (df["sent_s"] - df["arrival_s"]).to_numpy()
+    assert (lag >= 0).all()
+    # the server saw the same spacing as the trace (generous bound: shared CI machine)
+    seen = np.array([r.t for r in srv.received if "prompt" in r.body and len(r.body["prompt"]) == 40])
+    assert len(seen) == 25
+    np.testing.assert_allclose(np.diff(seen), 0.03, atol=0.02)
+    lag_cfg = res.config["send_lag"]
+    assert lag_cfg["n"] == 25 and lag_cfg["p50_ms"] <= lag_cfg["p99_ms"] <= lag_cfg["max_ms"]
+    requests_table(res.rows)  # rows follow the result schema
+
+
+def test_streaming_times_tokens_and_cached_tokens(tmp_path, fake_server):
+    srv = fake_server(ttft_s=0.05, token_delay_s=0.02)
+    trace = open_loop_trace(3, gap_s=0.3, output_tokens=5, shared=32)
+    res = run_http(spec_for(tmp_path, [srv.url]), trace)
+    df = res.rows.sort_values("arrival_s").reset_index(drop=True)
+    assert list(df["output_tokens"]) == [5, 5, 5]
+    assert list(df["cached_tokens"]) == [0, 32, 32]
+    assert list(df["input_tokens"]) == [40, 40, 40]
+    for _, r in df.iterrows():
+        assert len(r["itl_s"]) == 4
+        assert r["ttft_s"] >= 0.05
+        assert min(r["itl_s"]) >= 0.015
+        assert r["e2e_s"] >= r["ttft_s"] + 0.06
+        assert r["tpot_s"] == pytest.approx((r["done_s"] - r["first_token_s"]) / 4)
+    body = srv.received[-1].body
+    assert body["ignore_eos"] is True and body["max_tokens"] == 5 and body["min_tokens"] == 5
+    assert body["stream_options"] == {"include_usage": True}
+    assert isinstance(body["prompt"], list)
+
+
+def test_request_hit_rate_equals_counter_delta(tmp_path, fake_server):
+    a, b = fake_server(), fake_server()
+    trace = open_loop_trace(12, gap_s=0.01, shared=48, prompt_len=60)
+    res = run_http(spec_for(tmp_path, [a.url, b.url], router="prefix_hash"), trace)
+    summary = compute_summary(res.rows, 2, res.hit_rates)
+    assert summary["hit_rates"]["requests"] == pytest.approx(res.hit_rates["server_counters"])
+    assert summary["hit_rates"]["requests"] > 0.5
+    assert [h["verified"] for h in res.config["cache_hygiene"]] == [True, True]
+
+
+def test_closed_loop_turns_wait_for_previous_turn_plus_think(tmp_path, fake_server):
+    srv = fake_server(token_delay_s=0.02)
+    rng = np.random.default_rng(1)
+    ctx: list[int] = []
+    rows = []
+    for t in range(3):
+        ctx = ctx + rng.integers(0, 16000, 20).tolist()
+        rows.append({"request_id": f"s0-{t}", "arrival_s": 0.0, "session_id": "s0", "turn": t,
+                     "think_s": 0.1, "user_tokens": 20, "output_tokens": 4, "prompt_token_ids": list(ctx)})
+    rows.append({"request_id": "single", "arrival_s": 0.05, "output_tokens": 2,
+                 "prompt_token_ids": rng.integers(0, 16000, 30).tolist()})
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), make_trace(rows))
+    df = res.rows.set_index("request_id")
+    assert res.config["cache_hygiene"] == "skipped (--no-reset-cache)"
+    assert (df["status"] == "ok").all()
+    for t in (1, 2):
+        prev, cur = df.loc[f"s0-{t - 1}"], df.loc[f"s0-{t}"]
+        assert cur["arrival_s"] >= prev["done_s"] + 0.1 - 1e-6
+        assert cur["sent_s"] >= cur["arrival_s"]
+    assert df.loc["single", "arrival_s"] == pytest.approx(0.05)
+    prompts = [r.body["prompt"] for r in srv.received]
+    assert prompts[0] == rows[0]["prompt_token_ids"]  # recorded history: the trace's prompts, in turn order
+    assert prompts[-1] == rows[2]["prompt_token_ids"]
+
+
+def test_generated_history_appends_actual_output(tmp_path, fake_server):
+    srv = fake_server()
+    rng = np.random.default_rng(2)
+    first = rng.integers(0, 16000, 24).tolist()
+    second_user = rng.integers(0, 16000, 8).tolist()
+    rows = [
+        {"request_id": "t0", "arrival_s": 0.0, "session_id": "s", "turn": 0, "user_tokens": 24,
+         "output_tokens": 3, "prompt_token_ids": first},
+        # the recorded turn-1 prompt has a different "assistant" part than what the server will generate
+        {"request_id": "t1", "arrival_s": 0.0, "session_id": "s", "turn": 1, "user_tokens": 8,
+         "output_tokens": 2, "prompt_token_ids": first + [5, 6, 7] + second_user},
+    ]
+    res = run_http(spec_for(tmp_path, [srv.url], history="generated", reset_cache=False), make_trace(rows))
+    sent = [r.body for r in srv.received]
+    assert sent[0]["prompt"] == first and sent[0]["return_token_ids"] is True
+    assert sent[1]["prompt"] == first + [1000, 1001, 1002] + second_user
+    df = res.rows.set_index("request_id")
+    assert df.loc["t1", "input_tokens"] == 24 + 3 + 8
+    assert df.loc["t1", "cached_tokens"] == 16
+
+
+def test_chat_api_sends_messages(tmp_path, fake_server):
+    srv = fake_server()
+    trace = open_loop_trace(2, gap_s=0.0)
+    res = run_http(spec_for(tmp_path, [srv.url], api="chat", reset_cache=False), trace)
+    assert (res.rows["status"] == "ok").all()
+    assert srv.received[0].path == "/v1/chat/completions"
+    assert isinstance(srv.received[0].body["messages"][0]["content"], str)
+    assert res.config["prompt_format"] == ["chat"]
+
+
+def test_token_id_prompts_fall_back_to_text(tmp_path, fake_server):
+    srv = fake_server(mode="reject_ids")
+    trace = open_loop_trace(3, gap_s=0.01)
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), trace)
+    assert (res.rows["status"] == "ok").all()
+    assert res.config["prompt_format"] == ["text"]
+    assert isinstance(srv.received[-1].body["prompt"], str)
+    assert list(res.rows["input_tokens"]) == [40, 40, 40]  # builtin text round-trips to the same length
+
+
+def test_hash_only_trace_gets_prefix_preserving_prompts(tmp_path, fake_server):
+    srv = fake_server()
+    trace = open_loop_trace(4, gap_s=0.01, prompt_len=40, shared=32)
+    trace.df["prompt_token_ids"] = None  # like an imported Mooncake trace: hash ids only
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), trace)
+    df = res.rows.sort_values("arrival_s")
+    assert list(df["cached_tokens"]) == [0, 32, 32, 32]
+    assert list(df["input_tokens"]) == [40, 40, 40, 40]
+
+
+def test_concurrency_cap_limits_in_flight(tmp_path, fake_server):
+    srv = fake_server(ttft_s=0.1)
+    trace = open_loop_trace(6, gap_s=0.0)
+    res = run_http(spec_for(tmp_path, [srv.url], max_concurrency=2, reset_cache=False), trace)
+    sent = np.sort(res.rows["sent_s"].to_numpy())
+    assert (res.rows["status"] == "ok").all()
+    assert sent[2] >= sent[0] + 0.09 and sent[4] >= sent[2] + 0.09
