@@ -109,7 +109,7 @@ def validate_spec(spec: ReplaySpec) -> None:
             raise fail(message)
     if spec.router not in ROUTERS:
         raise fail(f"--router {spec.router}: unknown router (known: {', '.join(ROUTERS)})")
-    if spec.eviction not in POLICIES:
+    if spec.eviction not in POLICIES and (spec.is_sim or spec.eviction != SERVER_EVICTION):
         raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
     make_router(spec.router, RouterConfig(workers=max(spec.workers, 1), block_size=spec.block_size,
                                           seed=spec.seed, params=dict(spec.router_params)))
@@ -122,6 +122,28 @@ def validate_spec(spec: ReplaySpec) -> None:
         except KvbenchError as exc:
             raise fail(f"--eviction-param: {exc}") from None
         load_profile(spec.profile)
+
+
+SERVER_EVICTION = "vllm"  # a real server's built-in eviction (no kvbench plugin installed)
+
+
+def resolve_evictions(eviction: str | None, target: str) -> list[str]:
+    """The eviction label(s) of a replay. A real cluster's policy is fixed when it starts, so the HTTP path
+    takes it from cluster.json (or 'vllm', the server's own, for bare URLs) and refuses a contradiction."""
+    if target == "sim":
+        return split_list(eviction or "lru", "--eviction")
+    from kvbench.http.targets import parse_target
+
+    running = parse_target(target).eviction or SERVER_EVICTION
+    if eviction is None:
+        return [running]
+    asked = split_list(eviction, "--eviction")
+    if len(asked) > 1:
+        raise fail(f"--eviction {eviction}: a real cluster runs one policy, chosen at `kvbench cluster up`; "
+                   f"start one cluster per policy")
+    if "://" not in target and asked[0] != running:
+        raise fail(f"--eviction {asked[0]}: {target} runs '{running}'; omit --eviction or start a cluster with it")
+    return asked
 
 
 # ------------------------------------------------------------------------------------- one replay
@@ -356,7 +378,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(4, help="Simulated workers (the HTTP path uses one worker per URL)."),
         cache_tokens: Optional[int] = typer.Option(None, help="Per-worker KV capacity in tokens; omit for unbounded."),
         block_size: int = typer.Option(16, help="KV block size in tokens (a multiple of the trace's)."),
-        eviction: str = typer.Option("lru", help="Eviction policy, or a comma list to sweep."),
+        eviction: Optional[str] = typer.Option(
+            None, help="Eviction policy, or a comma list to sweep (default lru; a real cluster's own policy)."),
         router: str = typer.Option("round_robin", help="Router, or a comma list to sweep."),
         router_param: Optional[list[str]] = typer.Option(None, help="Router parameter key=value (repeatable)."),
         eviction_param: Optional[list[str]] = typer.Option(None, help="Eviction parameter key=value (repeatable)."),
@@ -380,12 +403,12 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show progress bars."),
     ) -> None:
         """Replay a trace against the simulator or real workers; comma lists of --eviction/--router sweep."""
-        evictions = split_list(eviction, "--eviction")
+        evictions = resolve_evictions(eviction, target)
         routers = split_list(router, "--router")
         if jobs < 0:
             raise fail(f"--jobs {jobs}: must be >= 0 (0 = one per core)")
         if output is None:
-            output = Path("results") / f"{trace.stem}-{eviction.replace(',', '+')}-{router.replace(',', '+')}"
+            output = Path("results") / f"{trace.stem}-{'+'.join(evictions)}-{router.replace(',', '+')}"
         base = ReplaySpec(
             trace=trace, output=output, target=target, eviction=evictions[0], router=routers[0], seed=seed,
             workers=workers, cache_tokens=cache_tokens, block_size=block_size,

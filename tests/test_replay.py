@@ -107,3 +107,23 @@ def test_run_json_is_valid_json_without_nan(tmp_path, trace):
     cfg = json.loads((out / "run.json").read_text())
     assert cfg["summary"]["num_requests"] == 5 and cfg["max_requests"] == 5
     assert "NaN" not in (out / "run.json").read_text()
+
+
+def test_real_cluster_eviction_comes_from_the_cluster(tmp_path):
+    import json
+
+    import pytest
+
+    from kvbench.errors import KvbenchError
+    from kvbench.replay import SERVER_EVICTION, resolve_evictions
+
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"eviction": "rlt", "workers": [{"url": "http://127.0.0.1:9", "pid": 12345}]}))
+    assert resolve_evictions(None, "sim") == ["lru"]
+    assert resolve_evictions("lru,rlt", "sim") == ["lru", "rlt"]
+    assert resolve_evictions(None, str(cluster)) == ["rlt"]
+    assert resolve_evictions(None, "http://127.0.0.1:9") == [SERVER_EVICTION]
+    with pytest.raises(KvbenchError, match="runs 'rlt'"):
+        resolve_evictions("lru", str(cluster))
+    with pytest.raises(KvbenchError, match="one policy"):
+        resolve_evictions("lru,rlt", "http://127.0.0.1:9")
