@@ -13,6 +13,9 @@ For a request and each live worker ``w`` the router predicts a latency and picks
   on ``x = (1, uncached/1000, load/1000)`` (``features=full``) or ``x = (1,)`` (``features=const``, the
   paper's code), fitted on completions to ``observed - (service + load terms)``; the observed latency is
   TTFT (``target=ttft``, falling back to end-to-end) or end-to-end (``target=e2e``).
+- ``monotone`` (default on): the residual may add weight to uncached work and load, never subtract it.
+  Fitted on delayed, queue-dominated outcomes, plain RLS learns negative load weights and then herds
+  requests onto the busiest worker (on the RLT GSP trace in the simulator: mean TTFT 95 s instead of 5 s).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from kvbench.routing.rls import RecursiveLeastSquares
 class LbgrRouter(Router):
     name = "lbgr"
     defaults = {
-        "service_s_per_token": 5e-5,
+        # The paper's code charges 1 ms per uncached character (about 4 ms per token); the scale matters
+        # because it weighs service and load against the learned residual.
+        "service_s_per_token": 4e-3,
         "service_base_s": 0.02,
         "load_decay": 31 / 32,
         "decay_interval_s": 0.02,
@@ -36,6 +41,7 @@ class LbgrRouter(Router):
         "rls_delta": 100.0,
         "features": "full",
         "target": "ttft",
+        "monotone": True,
     }
 
     def __init__(self, config: RouterConfig):
@@ -53,6 +59,7 @@ class LbgrRouter(Router):
         self.beta = float(p["service_base_s"])
         self.log_decay = float(np.log(float(p["load_decay"]))) / float(p["decay_interval_s"])
         self.full = p["features"] == "full"
+        self.monotone = bool(p["monotone"])
         dim = 3 if self.full else 1
         self.models = [RecursiveLeastSquares(dim, float(p["forgetting"]), float(p["rls_delta"]))
                        for _ in range(self.n)]
@@ -82,7 +89,14 @@ class LbgrRouter(Router):
         load = self.load_at(w, now)
         base = self.alpha * (uncached + load) + self.beta
         x = self.features(uncached, load)
-        return base + self.models[w].predict(x), x, base, uncached
+        return base + self.residual(w, x), x, base, uncached
+
+    def residual(self, w: int, x: np.ndarray) -> float:
+        theta = self.models[w].theta
+        if self.monotone and len(theta) > 1:
+            # more uncached work or more load may never *lower* a prediction
+            return float(theta[0] + np.maximum(theta[1:], 0.0) @ x[1:])
+        return float(theta @ x)
 
     def choose(self, req: RouteRequest, now: float) -> int:
         hs = req.hash_ids.tolist()

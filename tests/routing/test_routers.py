@@ -208,3 +208,14 @@ def test_lbgr_learns_constant_per_worker_offset():
     # and the greedy choice now avoids the slow worker and takes the fastest
     q = RouteRequest("final", 800, 4, np.arange(50, dtype=np.int64) + 7)
     assert r.choose(q, t + 10) == 0
+
+
+def test_lbgr_residual_never_rewards_load():
+    """A fit that would weigh load negatively (delayed outcomes under queueing) is clipped at zero."""
+    r = make_router("lbgr", RouterConfig(workers=2, seed=0))
+    r.models[0].theta = np.array([0.1, 0.0, -5.0])  # a learned negative load weight
+    loaded, idle = r.features(500, 40_000.0), r.features(500, 0.0)
+    assert r.residual(0, loaded) == pytest.approx(r.residual(0, idle))
+    plain = make_router("lbgr", RouterConfig(workers=2, seed=0, params={"monotone": False}))
+    plain.models[0].theta = np.array([0.1, 0.0, -5.0])
+    assert plain.residual(0, loaded) < plain.residual(0, idle)
