@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -384,7 +384,40 @@ def conversation(
 def trace_import(
     output: Output,
     format: Annotated[str, typer.Option("--format", help="mooncake | bailian | azure.")],
-    input: Annotated[Path, typer.Option("--input", help="The public trace file (JSONL / CSV).")],
+    input: Annotated[
+        Optional[Path], typer.Option("--input", help="The public trace file (JSONL / CSV).")
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            help="No file: synthesize a seeded stand-in in the public format and import it like a file."
+        ),
+    ] = False,
+    flavour: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--synthetic: which trace to imitate; mooncake conversation|toolagent|synthetic, "
+            "azure conversation|code (default: the first)."
+        ),
+    ] = None,
+    requests: Annotated[
+        Optional[int],
+        typer.Option(
+            help="--synthetic: requests (mooncake conversation 12031, toolagent 23608, synthetic 3993; "
+            "bailian 10000; azure conversation 19366, code 8819)."
+        ),
+    ] = None,
+    duration: Annotated[
+        Optional[float],
+        typer.Option(help="--synthetic: seconds spanned by the stand-in's timestamps (default 3600)."),
+    ] = None,
+    write_source: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--write-source",
+            help="--synthetic: also write the stand-in in the public format (JSONL; CSV for azure).",
+        ),
+    ] = None,
     time_scale: Annotated[float, typer.Option(help="Multiply source times (0.5 = twice as fast).")] = 1.0,
     max_requests: Annotated[Optional[int], typer.Option(help="Keep only the first N requests.")] = None,
     sessions: Annotated[
@@ -402,7 +435,13 @@ def trace_import(
         ),
     ] = None,
     arrival: Arrival = "trace",
-    rate: Annotated[float, typer.Option(help="Requests per second when --arrival is not trace.")] = 1.0,
+    rate: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Requests per second when --arrival is not trace (default 1); with --synthetic and "
+            "--arrival trace, the stand-in's own request rate instead of --duration."
+        ),
+    ] = None,
     burstiness: Burstiness = 1.0,
     seed: Seed = 0,
     block_size: BlockSize = 16,
@@ -417,6 +456,7 @@ def trace_import(
 ) -> None:
     """Import a public trace; prompts are synthesized from its hash ids with exact input lengths."""
     params = _params(dict(locals()))
+    del params["write_source"]  # a side output: naming it must not change the trace, like --output
     from kvbench.workloads import imports as im
 
     _check_output(output)
@@ -426,8 +466,18 @@ def trace_import(
     at_least("--max-requests", max_requests, 1)
     if think_s is not None and (think_s < 0 or think_s != think_s):
         raise fail(f"--think-s {think_s}: must be >= 0")
-    codec, spec = _setup(seed, block_size, tokenizer, arrival, rate, burstiness, has_timestamps=True)
-    src = im.read_source(fmt, input_file("--input", input), max_requests)
+    stand_in = _stand_in_options(
+        fmt, input, synthetic, flavour, requests, duration, write_source, arrival, rate
+    )
+    replay_rate = rate if rate is not None and (stand_in is None or arrival != "trace") else 1.0
+    codec, spec = _setup(seed, block_size, tokenizer, arrival, replay_rate, burstiness, has_timestamps=True)
+    if stand_in is not None:
+        src, described = _synthetic_source(fmt, stand_in, seed, write_source, max_requests)
+        params["stand_in"] = _plain(asdict(stand_in))
+    else:
+        assert input is not None
+        src = im.read_source(fmt, input_file("--input", input), max_requests)
+        described = f"{fmt} trace file {input.name} ({len(src.input_len)} requests)"
     cfg = im.ImportConfig(fmt, time_scale, spec, think_s, sessions)
     params["resolved"] = _plain(asdict(cfg))
     rows = im.generate_import(cfg, src, codec, seed, block_size, token_ids, prompt_text)
@@ -443,10 +493,89 @@ def trace_import(
         seed=seed,
         tokenizer=codec.name,
         params=params,
-        synthetic=False,
-        source=f"{fmt} trace file {input.name} ({len(src.input_len)} requests); {how}",
+        synthetic=stand_in is not None,
+        source=f"{described}; {how}",
     )
     build.write(output, rows, meta, token_ids)
+
+
+@dataclass(frozen=True)
+class StandInChoice:
+    flavour: str
+    requests: int
+    duration_s: float
+
+
+def _stand_in_options(
+    fmt: str,
+    input: Optional[Path],
+    synthetic: bool,
+    flavour: Optional[str],
+    requests: Optional[int],
+    duration: Optional[float],
+    write_source: Optional[Path],
+    arrival: str,
+    rate: Optional[float],
+) -> StandInChoice | None:
+    """Check the --synthetic options against --input; None for a real file."""
+    from kvbench.workloads import synthetic_traces as syn
+
+    if input is not None and synthetic:
+        raise fail("--input and --synthetic exclude each other; pick one")
+    if not synthetic:
+        if input is None:
+            raise fail(
+                "--input FILE is required (or --synthetic for an offline stand-in in the public format)"
+            )
+        for flag, value in (
+            ("--flavour", flavour),
+            ("--requests", requests),
+            ("--duration", duration),
+            ("--write-source", write_source),
+        ):
+            if value is not None:
+                raise fail(
+                    f"{flag} only applies with --synthetic; drop it or use --synthetic instead of --input"
+                )
+        return None
+    names = syn.flavours(fmt)
+    if flavour is not None and len(names) == 1 and flavour.strip().lower() != names[0]:
+        raise fail(f"--flavour {flavour}: the {fmt} stand-in has no flavours; drop --flavour")
+    chosen = choice("--flavour", flavour, names) if flavour is not None else syn.DEFAULT_FLAVOUR[fmt]
+    at_least("--requests", requests, 1)
+    n = requests if requests is not None else syn.STAND_INS[(fmt, chosen)].requests
+    if duration is not None and not (0 < duration < float("inf")):
+        raise fail(f"--duration {duration}: must be a positive number of seconds")
+    if rate is not None and arrival == "trace":
+        if duration is not None:
+            raise fail("--rate and --duration both set the stand-in's timing; give only one")
+        if not (0 < rate < float("inf")):
+            raise fail(f"--rate {rate}: must be a positive finite number of requests per second")
+        duration = n / rate
+    if write_source is not None and write_source.is_dir():
+        raise fail(f"--write-source {write_source}: is a directory; give a file name such as source.jsonl")
+    return StandInChoice(
+        chosen, n, duration if duration is not None else syn.STAND_INS[(fmt, chosen)].duration_s
+    )
+
+
+def _synthetic_source(
+    fmt: str, stand_in: StandInChoice, seed: int, write_source: Optional[Path], max_requests: Optional[int]
+) -> tuple[Any, str]:
+    """Synthesize the stand-in's records, optionally write them, and parse them like a file."""
+    from kvbench.workloads import imports as im
+    from kvbench.workloads import synthetic_traces as syn
+
+    records = syn.synthesize_records(fmt, stand_in.flavour, stand_in.requests, stand_in.duration_s, seed)
+    if write_source is not None:
+        syn.write_source(fmt, records, write_source)
+        build.warn(f"wrote the {fmt} stand-in ({len(records)} records) to {write_source}")
+    where = f"synthetic {fmt} stand-in"
+    src = im.parse_source(fmt, where, enumerate(records, start=1), max_requests, "parsing the stand-in")
+    described = syn.describe(fmt, stand_in.flavour, stand_in.requests, stand_in.duration_s)
+    if len(src.input_len) < len(records):
+        described += f" (first {len(src.input_len)} imported)"
+    return src, described
 
 
 def inspect(

@@ -95,7 +95,7 @@ def _number(where: str, line: int, rec: dict[str, Any], name: str) -> float:
 
 
 def read_source(fmt: str, path: Path, max_requests: int | None) -> SourceRequests:
-    where, expected = str(path), EXPECTED[fmt]
+    expected = EXPECTED[fmt]
     if fmt == "azure":
         rows: Iterable[Row] = read_table(
             path, expected, ",", ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -104,6 +104,14 @@ def read_source(fmt: str, path: Path, max_requests: int | None) -> SourceRequest
         rows = read_table(path, expected, ",", ("timestamp", "input_length", "output_length", "hash_ids"))
     else:
         rows = records(path, expected)
+    return parse_source(fmt, str(path), rows, max_requests, f"reading {path.name}")
+
+
+def parse_source(
+    fmt: str, where: str, rows: Iterable[Row], max_requests: int | None, description: str
+) -> SourceRequests:
+    """Records in the public format -> columns; files and synthetic stand-ins both come through here."""
+    expected = EXPECTED[fmt]
     times: list[float] = []
     raw_times: list[str] = []
     inp: list[int] = []
@@ -112,7 +120,7 @@ def read_source(fmt: str, path: Path, max_requests: int | None) -> SourceRequest
     counts: list[int] = []
     chat: list[str] = []
     parent: list[str | None] = []
-    for line, rec in tracked(rows, f"reading {path.name}"):
+    for line, rec in tracked(rows, description):
         if max_requests is not None and len(inp) >= max_requests:
             break
         if fmt == "azure":
