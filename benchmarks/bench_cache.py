@@ -8,7 +8,7 @@ The baseline is a bare ``collections.OrderedDict`` doing vLLM's LRU operations o
 Streams of different policies differ (their victims differ), so rates are per block operation: a block
 insert, access, pin, unpin or eviction. The end-to-end column times the whole ``PrefixCache`` run.
 
-    python benchmarks/bench_cache.py [--requests 20000] [--capacity 4000] [--repeat 3]
+    python benchmarks/bench_cache.py [--requests 20000] [--capacity 4000] [--repeat 3] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import time
 from collections import OrderedDict, deque
+from pathlib import Path
 
 import numpy as np
+from figures import FigureSet
 
 from kvbench.cache import POLICIES, PrefixCache, make_policy
 
 REQUEST, INSERT, ACCESS, PIN, UNPIN, VICTIM = range(6)
+TARGET_LRU_X, TARGET_ALL_X = 3.0, 10.0  # slowdown vs the OrderedDict LRU
 
 
 class Recorder:
@@ -146,7 +149,19 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=4000, help="cache size in blocks")
     ap.add_argument("--repeat", type=int, default=3, help="best of N timed replays")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--quick", action="store_true", help="2,000 requests, 800 blocks, one repeat (smoke test)"
+    )
+    ap.add_argument("--json", type=Path, help="also write the figures here as JSON (for run_all.py)")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.capacity, args.repeat = 2000, 800, 1
+    figs = FigureSet(
+        "bench_cache",
+        "Eviction policy throughput",
+        args.quick,
+        {"requests": args.requests, "capacity_blocks": args.capacity, "repeat": args.repeat},
+    )
 
     trace = make_trace(args.requests, args.seed)
     logs: dict[str, list] = {}
@@ -166,6 +181,7 @@ def main() -> None:
     base_rate = base_ops / base_t
     print(f"{args.requests} requests, capacity {args.capacity} blocks, best of {args.repeat}")
     print(f"OrderedDict LRU baseline: {base_rate / 1e6:.2f} M block ops/s ({base_ops} ops on the lru stream)")
+    figs.add("`collections.OrderedDict` LRU baseline", base_rate / 1e6, "M block ops/s")
     print(f"{'policy':8} {'ops':>9} {'M ops/s':>8} {'slowdown':>9} {'e2e M ops/s':>12} {'hit rate':>9}")
     for name, log in logs.items():
         ops = count_ops(log)
@@ -178,6 +194,14 @@ def main() -> None:
             f"{name:8} {ops:9d} {rate / 1e6:8.2f} {base_rate / rate:8.2f}x "
             f"{ops_e2e / t_e2e / 1e6:12.2f} {hit:9.3f}"
         )
+        figs.add(
+            f"`{name}` slowdown vs OrderedDict LRU",
+            base_rate / rate,
+            "x",
+            TARGET_LRU_X if name == "lru" else TARGET_ALL_X,
+            f"{rate / 1e6:.2f} M block ops/s; hit rate {hit:.3f}",
+        )
+    figs.write(args.json)
 
 
 if __name__ == "__main__":

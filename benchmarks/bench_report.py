@@ -5,7 +5,9 @@ drawn too), written with the real result writer from seeded synthetic rows. Prin
 file size split into plotly.js and data, and the ratio to the targets (10 s, 10 MB). With Chromium
 installed it also loads the file headless and reports the time until every chart is drawn.
 
-    python benchmarks/bench_report.py [--runs 20] [--requests 4096] [--keep DIR]
+    python benchmarks/bench_report.py [--runs 20] [--requests 4096] [--keep DIR] [--quick] [--json PATH]
+
+--quick builds 4 runs x 256 requests without the browser (a smoke test; the targets apply to the full size).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import plotly.offline
+from figures import FigureSet
 
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs
@@ -71,7 +74,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4096)
     ap.add_argument("--keep", type=Path, help="write runs and report here instead of a temporary directory")
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="4 runs x 256 requests, no browser (smoke test)")
+    ap.add_argument("--json", type=Path, help="also write the figures here as JSON (for run_all.py)")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.requests, args.no_browser = 4, 256, True
+    figs = FigureSet("bench_report", "HTML report", args.quick, {"runs": args.runs, "requests": args.requests})
 
     with tempfile.TemporaryDirectory(prefix="kvb-bench-report-") as tmp:
         root = args.keep or Path(tmp)
@@ -117,6 +125,14 @@ def main() -> None:
         cli = time.perf_counter() - t0
         status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
         print(f"cli: `kvbench report` end to end (start-up and imports included) {cli:.2f} s ({status})")
+        what = f"{len(report.runs)} runs x {args.requests:,} requests"
+        figs.add(f"`kvbench report` build ({what}, {len(report.charts)} charts), in process", total, "s", TARGET_S,
+                 f"{cpu:.2f} s CPU")
+        figs.add(f"report file size ({what})", size / 1e6, "MB", TARGET_MB,
+                 f"plotly.js {js / 1e6:.2f} MB, data and markup {(size - js) / 1e6:.2f} MB")
+        figs.add(f"`kvbench report` ({what}), fresh process incl. start-up",
+                 cli if proc.returncode == 0 else float("nan"), "s", TARGET_S,
+                 "" if proc.returncode == 0 else status)
         if not args.no_browser:
             timing = browser_render_ms(out)
             if timing is None:
@@ -125,6 +141,9 @@ def main() -> None:
                 wall, ms = timing
                 print(f"browser: all charts drawn {ms / 1000:.2f} s after navigation start "
                       f"({wall:.2f} s including Chromium start-up)")
+                figs.add("headless Chromium: all charts drawn after navigation start", ms / 1000, "s",
+                         note=f"{wall:.2f} s including Chromium start-up")
+    figs.write(args.json)
 
 
 if __name__ == "__main__":
