@@ -153,16 +153,23 @@ def _line_style(runs: list[ReportRun], palette: Palette) -> dict[str, dict]:
     return style
 
 
-def cdf_chart(cid: str, runs: list[ReportRun], palette: Palette, column: str, what: str) -> Chart | None:
+def _curves(runs: list[ReportRun], palette: Palette, curve_of, hover: str) -> go.Figure:
+    """One line per run, coloured by its combination; runs without a curve are left out."""
     fig = go.Figure()
     style = _line_style(runs, palette)
     for run in runs:
-        curve = series.cdf(run.ok[column].to_numpy(dtype=float) * 1000.0)
+        curve = curve_of(run)
         if curve is None:
             continue
         fig.add_scatter(x=curve.x, y=curve.y, mode="lines", name=plot_text(run.name), line=style[run.name],
                         legendgroup=plot_text(run.combination.label),
-                        hovertemplate="%{x:.1f} ms: %{y:.1%}<extra>" + plot_text(run.name) + "</extra>")
+                        hovertemplate=hover + "<extra>" + plot_text(run.name) + "</extra>")
+    return fig
+
+
+def cdf_chart(cid: str, runs: list[ReportRun], palette: Palette, column: str, what: str) -> Chart | None:
+    fig = _curves(runs, palette, lambda run: series.cdf(run.ok[column].to_numpy(dtype=float) * 1000.0),
+                  "%{x:.1f} ms: %{y:.1%}")
     if not fig.data:
         return None
     _layout(fig, f"{what} distribution (completed requests)", 400,
@@ -172,15 +179,7 @@ def cdf_chart(cid: str, runs: list[ReportRun], palette: Palette, column: str, wh
 
 
 def hit_rate_over_time_chart(cid: str, runs: list[ReportRun], palette: Palette) -> Chart | None:
-    fig = go.Figure()
-    style = _line_style(runs, palette)
-    for run in runs:
-        curve = series.rolling_hit_rate(run.requests)
-        if curve is None:
-            continue
-        fig.add_scatter(x=curve.x, y=curve.y, mode="lines", name=plot_text(run.name), line=style[run.name],
-                        legendgroup=plot_text(run.combination.label),
-                        hovertemplate="t=%{x:.1f} s: %{y:.1%}<extra>" + plot_text(run.name) + "</extra>")
+    fig = _curves(runs, palette, lambda run: series.rolling_hit_rate(run.requests), "t=%{x:.1f} s: %{y:.1%}")
     if not fig.data:
         return None
     _layout(fig, "Hit rate over time (rolling window of about 1/40 of the requests)", 400,

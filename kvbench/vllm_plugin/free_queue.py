@@ -72,22 +72,20 @@ class PolicyFreeQueue:
         self.append_n([block])
 
     def append_n(self, blocks: list[KVCacheBlock]) -> None:
-        plain = []
-        for block in blocks:
-            if self._is_known(block.block_id):
-                self._cached[block.block_id] = block
-            else:
-                plain.append(block)
-        self._plain.append_n(plain)
+        self._plain.append_n(self._take_cached(blocks))
 
     def prepend_n(self, blocks: list[KVCacheBlock]) -> None:
+        self._plain.prepend_n(self._take_cached(blocks))
+
+    def _take_cached(self, blocks: list[KVCacheBlock]) -> list[KVCacheBlock]:
+        """Keep the policy's blocks aside; return the un-hashed rest, in order, for vLLM's own list."""
         plain = []
         for block in blocks:
             if self._is_known(block.block_id):
                 self._cached[block.block_id] = block
             else:
                 plain.append(block)
-        self._plain.prepend_n(plain)
+        return plain
 
     def uncache(self, block: KVCacheBlock) -> None:
         """``block`` lost its hash while free (reset, external eviction): it joins the un-hashed part."""

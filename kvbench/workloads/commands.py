@@ -49,6 +49,13 @@ InputPath = Annotated[
     Optional[Path], typer.Option("--input", help="Local data file in the dataset's own format.")
 ]
 Synthetic = Annotated[bool, typer.Option(help="Offline stand-in with the published length statistics.")]
+DataPromptText = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--prompt-text/--no-prompt-text",
+        help="Also store prompt text (default: yes for real data, no for --synthetic).",
+    ),
+]
 
 
 def _setup(
@@ -234,13 +241,7 @@ def docqa(
     seed: Seed = 0,
     block_size: BlockSize = 16,
     tokenizer: TokenizerDir = None,
-    prompt_text: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--prompt-text/--no-prompt-text",
-            help="Also store prompt text (default: yes for real data, no for --synthetic).",
-        ),
-    ] = None,
+    prompt_text: DataPromptText = None,
     token_ids: TokenIds = True,
 ) -> None:
     """Document + question requests; the document comes first so it is a cacheable prefix."""
@@ -324,13 +325,7 @@ def conversation(
     seed: Seed = 0,
     block_size: BlockSize = 16,
     tokenizer: TokenizerDir = None,
-    prompt_text: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--prompt-text/--no-prompt-text",
-            help="Also store prompt text (default: yes for real data, no for --synthetic).",
-        ),
-    ] = None,
+    prompt_text: DataPromptText = None,
     token_ids: TokenIds = True,
 ) -> None:
     """Multi-turn sessions with accumulated history (closed loop: a turn waits for the previous one)."""
