@@ -7,11 +7,17 @@ of :mod:`kvbench.sim.latency`:
 - cold prefill: a fresh random prompt of L tokens, one output token; TTFT is one step with P = L;
 - warm prefill: a prompt whose first part was sent just before; the server's reported ``cached_tokens``
   (or the known prefix length) gives P = L - cached and the attention pairs after the cached context;
-- decode: a streamed answer of N tokens at concurrency k; the median gap between streamed tokens is one
-  step with D = k sequences and C = k * (L + N / 2) context tokens.
+- decode: k concurrent fresh prompts of L tokens answered with N tokens, and k more with one token; the
+  difference of their (median) end-to-end times over N - 1 is one step with D = k sequences and
+  C = k * (L + N / 2) context tokens. End-to-end times, not gaps between streamed tokens: a busy API server
+  (vLLM on CPU) delivers tokens in bursts, often the whole answer at once, while the last token still
+  arrives only after every step.
+
+One unrecorded request per server comes first: vLLM's first request after start-up is several times slower.
 
 The coefficients are the non-negative least-squares solution with rows weighted by 1/duration (relative
-error, so short decode steps count as much as long prefills). Prompts are token ids (random, seeded) so
+error, so short decode steps count as much as long prefills); repeated measurements of one shape enter as
+their median. Prompts are token ids (random, seeded) so
 their lengths are exact.
 """
 
@@ -54,6 +60,7 @@ class Stream:
     ttft: float
     gaps: list[float]
     cached: int | None
+    last: float  # arrival of the last token, seconds after sending
 
 
 async def _complete(session, url: str, model: str, prompt: list[int], max_tokens: int, timeout: float) -> Stream:
@@ -92,7 +99,14 @@ async def _complete(session, url: str, model: str, prompt: list[int], max_tokens
     details = (usage or {}).get("prompt_tokens_details") or {}
     if details.get("cached_tokens") is not None:
         cached = int(details["cached_tokens"])
-    return Stream(ttft=times[0], gaps=np.diff(times).tolist(), cached=cached)
+    return Stream(ttft=times[0], gaps=np.diff(times).tolist(), cached=cached, last=times[-1])
+
+
+async def _batch_end(session, url: str, model: str, prompts: list[list[int]], max_tokens: int,
+                     timeout: float) -> float:
+    """Median time until the last token of concurrent requests sent together."""
+    streams = await asyncio.gather(*(_complete(session, url, model, p, max_tokens, timeout) for p in prompts))
+    return float(np.median([s.last for s in streams]))
 
 
 async def _model(session, url: str) -> str:
@@ -122,6 +136,8 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
 
     async with aiohttp.ClientSession() as session:
         name = model or await _model(session, urls[0])
+        for u in urls:  # warm-up, not recorded
+            await _complete(session, u, name, prompt(plan.prompt_lengths[0]), 2, plan.timeout_s)
         k = 0
 
         def url() -> str:
@@ -132,7 +148,9 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
         for _ in range(plan.repeats):
             for L in plan.prompt_lengths:
                 s = await _complete(session, url(), name, prompt(L), 1, plan.timeout_s)
-                samples.append(Sample("cold", [1.0, L, attn_pairs(L, 0), 0.0, 0.0], s.ttft, {"prompt": L}))
+                hit = s.cached or 0  # non-zero only if an earlier run with this seed left the prompt cached
+                samples.append(Sample("cold", [1.0, L - hit, attn_pairs(L - hit, hit), 0.0, 0.0], s.ttft,
+                                      {"prompt": L, "cached": hit}))
                 tick()
                 u = url()
                 base = prompt(L)
@@ -147,13 +165,13 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
             for c in plan.concurrency:
                 for L in (plan.prompt_lengths[0], plan.prompt_lengths[-1]):
                     u = url()
-                    streams = await asyncio.gather(*(
-                        _complete(session, u, name, prompt(L), plan.output_tokens, plan.timeout_s) for _ in range(c)))
-                    # steps after every prompt is in: the later half of each stream's gaps
-                    gaps = [g for s in streams for g in s.gaps[len(s.gaps) // 2:]]
-                    if gaps:
-                        ctx = c * (L + plan.output_tokens * 0.75)
-                        samples.append(Sample("decode", [1.0, 0.0, 0.0, float(c), ctx], float(np.median(gaps)),
+                    one = await _batch_end(session, u, name, [prompt(L) for _ in range(c)], 1, plan.timeout_s)
+                    many = await _batch_end(session, u, name, [prompt(L) for _ in range(c)], plan.output_tokens,
+                                            plan.timeout_s)
+                    step_s = (many - one) / (plan.output_tokens - 1)
+                    if step_s > 0:  # noise can swamp a very fast step; such a pair carries no information
+                        ctx = c * (L + plan.output_tokens / 2)
+                        samples.append(Sample("decode", [1.0, 0.0, 0.0, float(c), ctx], step_s,
                                               {"prompt": L, "concurrency": c}))
                     tick()
     return samples
@@ -167,8 +185,12 @@ def fit(samples: list[Sample]) -> tuple[dict[str, float], dict[str, Any]]:
     """Non-negative least squares on relative error; returns coefficients and fit statistics."""
     if len(samples) < len(COEFFICIENTS):
         raise fail(f"calibration needs at least {len(COEFFICIENTS)} measurements, got {len(samples)}")
-    X = np.array([s.features for s in samples], dtype=float)
-    y = np.array([s.seconds for s in samples], dtype=float)
+    # repeats of one shape count once, at their median: noise on a shared machine comes in bursts
+    repeats: dict[tuple[str, tuple[float, ...]], list[float]] = {}
+    for s in samples:
+        repeats.setdefault((s.kind, tuple(s.features)), []).append(s.seconds)
+    X = np.array([f for _, f in repeats], dtype=float)
+    y = np.array([float(np.median(v)) for v in repeats.values()], dtype=float)
     w = 1.0 / np.maximum(y, 1e-6)
     Xw, yw = X * w[:, None], y * w
     scale = np.maximum(np.abs(Xw).max(axis=0), 1e-30)  # columns span 1 .. 1e7: normalise for conditioning
