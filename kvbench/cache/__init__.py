@@ -13,7 +13,7 @@ from kvbench.cache.lru import LRUPolicy
 from kvbench.cache.policy import EvictionPolicy
 from kvbench.cache.prefix import Admission, CacheStats, PrefixCache
 from kvbench.cache.randomleaf import RandomPolicy
-from kvbench.cache.rlt import RLTPolicy
+from kvbench.cache.rlt import RLTPolicy, RLTReusePolicy
 from kvbench.cache.s3fifo import S3FIFOPolicy
 from kvbench.errors import KvbenchError
 
@@ -22,6 +22,7 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
     for policy in (
         LRUPolicy,
         RLTPolicy,
+        RLTReusePolicy,
         ARCPolicy,
         DBLPolicy,
         LFUPolicy,

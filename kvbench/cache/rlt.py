@@ -5,6 +5,11 @@ Every block on a request's path (hits and inserts) is marked. Victims are drawn 
 those on the newest request's path. This is the randomized marking algorithm lifted to a block tree,
 which is what gives its O(log n) competitive ratio where LRU's is O(n). Unmarking work at a phase
 change is paid for by the marks it clears, so every operation is amortised O(1).
+
+``mark_inserts=False`` marks only blocks that are *reused* (hits): never-reused blocks, such as the unique
+tail of every prompt, then stay unmarked and go first. With inserts marked, a workload whose requests
+each bring many new blocks (GSP's unique halves) fills every phase with marked new blocks, and the
+marking algorithm degenerates to evicting everything older than the phase.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from kvbench.cache.structures import IndexedSet
 class RLTPolicy(LeafPolicy):
     name = "rlt"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, mark_inserts: bool = True) -> None:
         super().__init__()
+        self.mark_inserts = bool(mark_inserts)
         self._rng = random.Random(seed)
         self._cand = IndexedSet()  # unmarked evictable leaves
         self._marked: set[int] = set()
@@ -31,7 +37,8 @@ class RLTPolicy(LeafPolicy):
 
     def on_insert(self, key: int, parent: int | None) -> None:
         super().on_insert(key, parent)
-        self._mark(key)
+        if self.mark_inserts:
+            self._mark(key)
 
     def on_access(self, key: int) -> None:
         self._mark(key)
@@ -70,3 +77,12 @@ class RLTPolicy(LeafPolicy):
 
     def _forget(self, key: int) -> None:
         self._marked.discard(key)
+
+
+class RLTReusePolicy(RLTPolicy):
+    """``rlt_reuse``: RLT that marks only reused blocks (``rlt`` with ``mark_inserts=False``)."""
+
+    name = "rlt_reuse"
+
+    def __init__(self, seed: int = 0, mark_inserts: bool = False) -> None:
+        super().__init__(seed=seed, mark_inserts=mark_inserts)

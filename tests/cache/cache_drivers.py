@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvbench.cache import PrefixCache, make_policy
 
-ONLINE = ["lru", "rlt", "arc", "dbl", "lfu", "fifo", "random", "s3fifo"]
+ONLINE = ["lru", "rlt", "rlt_reuse", "arc", "dbl", "lfu", "fifo", "random", "s3fifo"]
 
 
 class KeyChains:

@@ -92,3 +92,26 @@ def test_rlt_phase_change_keeps_the_newest_request_marked():
         assert cache.policy.phases == 1
         run_sequential(cache, [[7]])  # the only unmarked leaf left is the other of 3 and 4
         assert all(k in cache for k in (1, 2, 9, 7)) and cache.policy.phases == 1
+
+
+def test_rlt_reuse_marking_keeps_shared_prefixes_that_insert_marking_loses():
+    """Each request = a group's shared prefix + a unique tail, groups in round-robin (GSP interleaved).
+    Marking inserts fills each phase with marked unique tails, so every old prefix goes; marking only
+    reused blocks lets the tails go first and keeps part of the prefixes."""
+    from kvbench.cache import PrefixCache, make_policy
+
+    def run(name: str) -> float:
+        cache = PrefixCache(60, make_policy(name, seed=0), block_size=1)
+        tail = 10**9
+        for rnd in range(30):
+            for g in range(8):
+                prefix = [g * 1000 + i for i in range(6)]
+                hs = prefix + list(range(tail, tail + 6))
+                tail += 6
+                adm = cache.admit(hs, len(hs), max_hit_blocks=len(hs) - 1)
+                cache.commit(adm)
+                cache.release(adm)
+        return cache.stats.hit_rate
+
+    assert run("lru") == 0.0
+    assert run("rlt_reuse") > run("rlt") + 0.05

@@ -5,7 +5,7 @@ from kvbench.errors import KvbenchError
 
 
 def test_registry_names_and_errors():
-    assert list(POLICIES) == ["lru", "rlt", "arc", "dbl", "lfu", "fifo", "random", "s3fifo", "belady"]
+    assert list(POLICIES) == ["lru", "rlt", "rlt_reuse", "arc", "dbl", "lfu", "fifo", "random", "s3fifo", "belady"]
     with pytest.raises(KvbenchError, match="unknown eviction policy 'nope'; choose one of: lru, rlt"):
         make_policy("nope")
     with pytest.raises(KvbenchError, match="belady"):
