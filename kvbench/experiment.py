@@ -177,7 +177,9 @@ def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tu
     values = exp.sweep_values if exp.sweep_field else [None]
     evictions = exp.evictions
     if target and target != "sim":
-        evictions = evictions[:1]  # a real cluster's eviction is fixed when it is started
+        from kvbench.replay import resolve_evictions
+
+        evictions = resolve_evictions(None, target)  # a real cluster's policy is fixed when it starts
     for value in values:
         gen_args = dict(exp.gen_args)
         replay = dict(exp.replay)

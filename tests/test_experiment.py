@@ -98,3 +98,13 @@ def test_bad_specs_give_one_line(tmp_path: Path):
     runner = CliRunner()
     result = runner.invoke(app, ["run", str(tmp_path / "missing.toml")])
     assert result.exit_code != 0 and isinstance(result.exception, KvbenchError)
+
+
+def test_real_target_takes_the_clusters_policy(tmp_path: Path):
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"eviction": "rlt", "workers": [{"url": "http://127.0.0.1:9", "pid": 4321}]}))
+    exp = load_spec(ROOT / "workloads" / "quickstart.toml", reduced=True)
+    _, jobs = plan(exp, tmp_path / "out", target=str(cluster))
+    assert {j.eviction for j in jobs} == {"rlt"}
+    assert {j.router for j in jobs} == set(exp.routers)
+    assert all(j.spec.target == str(cluster) for j in jobs)
