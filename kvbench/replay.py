@@ -76,6 +76,7 @@ class BackendResult:
     config: dict[str, Any] = field(default_factory=dict)
     hit_rates: dict[str, float | None] = field(default_factory=dict)
     interrupted: bool = False
+    block_size: int | None = None  # the block size the backend really used (a server's own), if known
 
 
 SWEEP_LIST_FLAGS = ("eviction", "router")

@@ -10,6 +10,10 @@ change is paid for by the marks it clears, so every operation is amortised O(1).
 tail of every prompt, then stay unmarked and go first. With inserts marked, a workload whose requests
 each bring many new blocks (GSP's unique halves) fills every phase with marked new blocks, and the
 marking algorithm degenerates to evicting everything older than the phase.
+
+"The newest request's path" is approximate under concurrency: the path collects the hits of the latest
+admitted request and every block inserted since, and inserts land when a prefill finishes, so blocks of
+requests admitted slightly earlier can join it. Sequential traces (and the fidelity test) are exact.
 """
 
 from __future__ import annotations
