@@ -9,7 +9,6 @@ hit rate.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 
 from kvbench.cache.leaves import LeafPolicy
@@ -33,22 +32,34 @@ class BeladyPolicy(LeafPolicy):
                     lst.append(i)
         self._uses = uses
         self._now = -1  # index of the request being processed
+        self._done = bytearray(len(future))  # requests already processed here
+        self._ptr: dict[int, int] = {}  # per key: uses before this position are all done
         self._next: dict[int, int] = {}
         self._cand = LazyHeap()
 
     def on_request(self) -> None:
         self._now += 1
+        if 0 <= self._now < len(self._done):
+            self._done[self._now] = 1
 
     def seek(self, index: int) -> None:
         """The next request is ``future[index]``: lets a simulator that reorders requests keep time exact."""
         self._now = index - 1
 
     def next_use(self, key: int) -> int:
-        """Index of the next request after the current one that uses ``key`` (a huge number if none)."""
+        """Index of the first request not yet processed that uses ``key`` (a huge number if none).
+
+        "Not yet processed" rather than "after the current index": when closed-loop sessions or queueing
+        reorder requests, a delayed request with a smaller index is still in the future.
+        """
         lst = self._uses.get(key)
         if lst is None:
             return _NEVER
-        j = bisect_right(lst, self._now)
+        j = self._ptr.get(key, 0)
+        done = self._done
+        while j < len(lst) and done[lst[j]]:
+            j += 1
+        self._ptr[key] = j
         return lst[j] if j < len(lst) else _NEVER
 
     def on_insert(self, key: int, parent: int | None) -> None:

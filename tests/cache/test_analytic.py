@@ -115,3 +115,34 @@ def test_rlt_reuse_marking_keeps_shared_prefixes_that_insert_marking_loses():
 
     assert run("lru") == 0.0
     assert run("rlt_reuse") > run("rlt") + 0.05
+
+
+def test_belady_keeps_blocks_of_a_delayed_request():
+    """Closed-loop sessions reorder requests: the future 0,1,2,3,4 is processed as 0,2,3,1,4. While 2 and
+    3 run, request 1 is still pending, so the blocks it will reuse are not "never used again"."""
+    from kvbench.cache import PrefixCache, make_policy
+
+    a, x, y = [1, 2], [10, 11], [20, 21]
+    future = [a, a, x, y, x]  # request 1 (the next turn after 0) is delayed until after request 3
+    cache = PrefixCache(4, make_policy("belady", future=future), block_size=1)
+    hits = {}
+    for i in (0, 2, 3, 1, 4):
+        cache.policy.seek(i)
+        adm = cache.admit(future[i], 2)
+        hits[i] = adm.hit_blocks
+        cache.commit(adm)
+        cache.release(adm)
+    assert hits[1] == 2, "the delayed request's prefix must have been kept"
+
+
+def test_belady_next_use_counts_pending_requests_with_smaller_index():
+    from kvbench.cache import make_policy
+
+    future = [[1, 2], [1, 2], [10, 11], [20, 21], [10, 11]]
+    pol = make_policy("belady", future=future)
+    for i in (0, 2, 3):  # request 1 is delayed (a closed-loop turn waiting for its predecessor)
+        pol.seek(i)
+        pol.on_request()
+    assert pol.next_use(1) == 1
+    assert pol.next_use(10) == 4
+    assert pol.next_use(20) > len(future)
