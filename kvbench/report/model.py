@@ -20,6 +20,8 @@ from kvbench.results import RunResult, compute_summary
 # Trace generator parameters that set the arrival rate: runs that differ only in them share a workload,
 # so a rate sweep is drawn as one line per combination instead of one workload per rate.
 RATE_PARAMS = ("rate", "request_rate", "arrival_rate", "qps")
+# Seeds draw replicates of one workload (kvbench run repeats every combination over several seeds).
+_SHAPE_SKIP = (*RATE_PARAMS, "seed")
 # Generator parameters too noisy to name a workload in a heading (they still tell workloads apart).
 _LABEL_SKIP = {"seed", "tokenizer", "block_size", "prompt_text", "token_ids", "resolved", "arrival", "burstiness"}
 HIT_RATE_SOURCES = ("requests", "server_counters", "cache_counters", "ideal")
@@ -100,21 +102,21 @@ def _short(value: Any) -> str:
 
 
 def _without_rate(value: Any) -> Any:
-    """Generator parameters minus the arrival rate, at any depth (generators also record resolved values)."""
+    """Generator parameters minus the arrival rate and seed, at any depth (generators also record resolved
+    values)."""
     if isinstance(value, dict):
-        return {k: _without_rate(v) for k, v in value.items() if k not in RATE_PARAMS}
+        return {k: _without_rate(v) for k, v in value.items() if k not in _SHAPE_SKIP}
     return value
 
 
 def workload_identity(config: dict[str, Any]) -> tuple[str, str]:
-    """(key, label): runs with equal keys replay the same requests (up to the arrival rate)."""
+    """(key, label): runs with equal keys replay the same kind of requests (up to arrival rate and seed)."""
     path, sha, meta = _trace_info(config)
     generator = meta.get("generator")
     params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
     if generator:
         shape = _without_rate(params)
-        key_src = json.dumps({"generator": generator, "params": shape, "seed": meta.get("seed")},
-                             sort_keys=True, default=str)
+        key_src = json.dumps({"generator": generator, "params": shape}, sort_keys=True, default=str)
         shown = [f"{k}={_short(v)}" for k, v in sorted(shape.items())
                  if k not in _LABEL_SKIP and v is not None and not isinstance(v, (dict, list))][:6]
         label = " ".join([str(generator), *shown])

@@ -82,3 +82,14 @@ def test_csv_and_json_hold_the_same_table(sweep_dir: Path):
     assert from_csv["p99_ttft_ms"].tolist() == pytest.approx(from_json["p99_ttft_ms"].tolist())
     assert from_json["cache_tokens"].tolist() == table["cache_tokens"].tolist()
     assert "NaN" not in to_json(table)
+
+
+def test_seeds_are_replicates_of_one_workload():
+    from kvbench.report.model import workload_identity
+
+    def config(seed, groups=8):
+        meta = {"generator": "gsp", "seed": seed, "params": {"groups": groups, "seed": seed, "rate": 12}}
+        return {"trace_file": {"path": f"t{seed}.parquet", "sha256": f"sha{seed}", "meta": meta}}
+
+    assert workload_identity(config(0))[0] == workload_identity(config(1))[0]
+    assert workload_identity(config(0))[0] != workload_identity(config(0, groups=9))[0]
