@@ -76,6 +76,11 @@ def main() -> None:
     except KvbenchError as exc:
         print(f"kvbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # an output path that cannot be written, a file that vanished: one line, no traceback
+        where = exc.filename
+        reason = exc.strerror or str(exc)
+        print(f"kvbench: error: {where}: {reason}" if where else f"kvbench: error: {reason}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("kvbench: interrupted", file=sys.stderr)
         sys.exit(130)

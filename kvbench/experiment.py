@@ -269,6 +269,8 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
     if seeds:
         exp.seeds = seeds
     out = Path(out)
+    if target and target != "sim":
+        jobs_n = 1  # replays against one set of real servers must not overlap (each resets the others' caches)
     generations, jobs = plan(exp, out, target)
     todo_gen = [(p, argv) for p, argv in generations if not p.exists()]
     todo = [j for j in jobs if not j.done]
@@ -333,7 +335,8 @@ def register(app: typer.Typer) -> None:
         spec: Path = typer.Argument(..., help="Experiment spec (workloads/*.toml)."),
         output: Path = typer.Option(None, "-o", "--output", help="Result directory (default results/<spec name>)."),
         target: str = typer.Option(None, "--target", help="sim (default), comma-separated URLs, or cluster.json."),
-        jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Parallel replay processes."),
+        jobs: int = typer.Option(2, "--jobs", "-j", min=1,
+                                 help="Parallel replay processes (simulator; a real --target runs one at a time)."),
         seeds: str = typer.Option(None, "--seeds", help="Override the spec's seeds, e.g. 0,1."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
         reduced: bool = typer.Option(False, "--reduced", help="Run the spec's [reduced] version (a quick check)."),

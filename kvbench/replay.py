@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import re
 import shutil
 import signal
 import sys
@@ -24,6 +23,7 @@ import pandas as pd
 import typer
 
 from kvbench.errors import KvbenchError, fail
+from kvbench.params import parse_key_values
 
 
 @dataclass
@@ -115,14 +115,19 @@ def validate_spec(spec: ReplaySpec) -> None:
     make_router(spec.router, RouterConfig(workers=max(spec.workers, 1), block_size=spec.block_size,
                                           seed=spec.seed, params=dict(spec.router_params)))
     if spec.is_sim:
-        from kvbench.cache import make_policy
+        from kvbench.cache import make_policy, policy_params
         from kvbench.sim.latency import load_profile
 
-        try:
-            make_policy(spec.eviction, seed=spec.seed, future=[[]], **spec.eviction_params)
-        except KvbenchError as exc:
-            raise fail(f"--eviction-param: {exc}") from None
+        params = policy_params(spec.eviction, spec.eviction_params)  # errors name the flag and parameter
+        make_policy(spec.eviction, seed=spec.seed, future=[[]], **params)
         load_profile(spec.profile)
+
+
+def check_block_size(spec: ReplaySpec, trace) -> None:
+    """The simulator re-blocks the trace's hash ids, so its block size must be a multiple of the trace's."""
+    if spec.is_sim and spec.block_size % trace.block_size:
+        raise fail(f"--block-size {spec.block_size}: must be a multiple of the trace's block size "
+                   f"{trace.block_size} ({spec.trace}); use e.g. --block-size {trace.block_size}")
 
 
 SERVER_EVICTION = "vllm"  # a real server's built-in eviction (no kvbench plugin installed)
@@ -192,9 +197,14 @@ def assemble_config(spec: ReplaySpec, trace, result: BackendResult, summary: dic
 
 
 def _check_output(out: Path) -> None:
+    """Refuse a foreign directory and create the output directory now, so a bad path fails before the run."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "run.json").exists()
                                               and not (out / "requests.parquet").exists())):
         raise fail(f"-o {out}: exists and is not a kvbench result directory; choose a new output path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"-o {out}: cannot create the result directory ({exc.strerror or exc})") from None
 
 
 def run_replay(spec: ReplaySpec, trace=None) -> Path:
@@ -207,18 +217,40 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     from kvbench.trace import ideal_hit_rate, read_trace
 
     validate_spec(spec)
-    out = Path(spec.output)
-    _check_output(out)
+    if spec.is_sim:  # record the parameters the policy really ran with (typed like its defaults)
+        from kvbench.cache import policy_params
+
+        spec = replace(spec, eviction_params=policy_params(spec.eviction, spec.eviction_params))
     if trace is None:
         trace = read_trace(spec.trace)
-    result = run_backend(spec, trace)
+    check_block_size(spec, trace)
+    out = Path(spec.output)
+    created = not out.exists()
+    _check_output(out)
+    try:
+        result = run_backend(spec, trace)
+    except BaseException:
+        if created:  # leave nothing behind for a run that produced nothing
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     replayed = _sub_trace(trace, spec)
-    extra: dict[str, float | None] = {"ideal": ideal_hit_rate(replayed, spec.block_size),
-                                      "server_counters": None, "cache_counters": None}
+    ideal_bs = result.block_size or spec.block_size
+    ideal_note = None
+    if ideal_bs % replayed.block_size:
+        ideal = None
+        ideal_note = (f"ideal hit rate not computed: the block size used ({ideal_bs}) is not a multiple of the "
+                      f"trace's ({replayed.block_size})")
+    else:
+        ideal = ideal_hit_rate(replayed, ideal_bs)
+    extra: dict[str, float | None] = {"ideal": ideal, "server_counters": None, "cache_counters": None}
     extra.update(result.hit_rates)
     rows = result.rows.reset_index(drop=True)
     summary = compute_summary(rows, len(result.workers), extra)
     config = assemble_config(spec, replayed, result, summary)
+    config["ideal_block_size"] = ideal_bs
+    if ideal_note:
+        config["ideal_note"] = ideal_note
     write_run(out, rows, config)
     if result.interrupted:
         raise KeyboardInterrupt
@@ -268,9 +300,14 @@ def _child_run(spec: ReplaySpec) -> tuple[str, str | None, dict[str, Any] | None
 
     try:
         out = run_replay(spec)
+        summary = json.loads((out / "run.json").read_text())["summary"]
     except KvbenchError as exc:
         return str(spec.output), str(exc), None
-    summary = json.loads((out / "run.json").read_text())["summary"]
+    except OSError as exc:
+        where = exc.filename or spec.output
+        return str(spec.output), f"{where}: {exc.strerror or exc}", None
+    except Exception as exc:  # noqa: BLE001 - a sweep reports a failed combination, never a traceback
+        return str(spec.output), f"replay failed ({type(exc).__name__}: {exc})", None
     return str(spec.output), None, summary
 
 
@@ -293,7 +330,18 @@ def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> di
 
     for c in combos:
         validate_spec(c.spec)
-        _check_output(Path(c.spec.output))
+    created: list[Path] = []
+    try:
+        for c in combos:
+            out = Path(c.spec.output)
+            if not out.exists():
+                created.append(out)
+            _check_output(out)
+    except KvbenchError:
+        for out in created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -321,6 +369,7 @@ def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> di
         _remove_partial([c for c in combos if c.label not in results])
         raise
     if errors:
+        _remove_partial([c for c in combos if c.label not in results])
         raise fail(errors[0])
     return results
 
@@ -334,28 +383,6 @@ def _collect(c: Combination, err: str | None, summary, results, errors, bar, tas
 
 
 # -------------------------------------------------------------------------------------------- CLI
-def parse_params(values: list[str] | None, flag: str, typed: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, val = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise fail(f"{flag} {item!r}: expected key=value (e.g. {flag} cache_threshold=0.5)")
-        out[key.strip()] = _guess(val.strip()) if typed else val.strip()
-    return out
-
-
-def _guess(text: str) -> Any:
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    return text
-
-
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -413,8 +440,8 @@ def register(app: typer.Typer) -> None:
         base = ReplaySpec(
             trace=trace, output=output, target=target, eviction=evictions[0], router=routers[0], seed=seed,
             workers=workers, cache_tokens=cache_tokens, block_size=block_size,
-            router_params=parse_params(router_param, "--router-param"),
-            eviction_params=parse_params(eviction_param, "--eviction-param", typed=True), profile=profile,
+            router_params=parse_key_values(router_param, "--router-param"),
+            eviction_params=parse_key_values(eviction_param, "--eviction-param"), profile=profile,
             max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs, time_scale=time_scale,
             max_requests=max_requests, name=name, history=history, timeout_s=timeout,
             max_concurrency=max_concurrency, reset_cache=reset_cache, model=model, api=api, progress=progress,

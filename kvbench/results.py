@@ -34,7 +34,7 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("group_id", pa.string()),
         pa.field("worker", pa.int32()),  # index into run.json "workers"; -1 if never sent
         pa.field("arrival_s", pa.float64()),  # when the request became eligible (open loop: trace time)
-        pa.field("sent_s", pa.float64()),  # when it was sent to / admitted by a worker
+        pa.field("sent_s", pa.float64()),  # when it was sent to a worker (simulator: routed, before queueing)
         pa.field("first_token_s", pa.float64()),
         pa.field("done_s", pa.float64()),
         pa.field("ttft_s", pa.float64()),  # first_token_s - arrival_s

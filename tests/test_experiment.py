@@ -108,3 +108,20 @@ def test_real_target_takes_the_clusters_policy(tmp_path: Path):
     assert {j.eviction for j in jobs} == {"rlt"}
     assert {j.router for j in jobs} == set(exp.routers)
     assert all(j.spec.target == str(cluster) for j in jobs)
+
+
+def test_a_real_target_runs_one_replay_at_a_time(tmp_path: Path, monkeypatch):
+    # two replays at once against the same servers would each reset the other's caches
+    from kvbench import experiment
+
+    def no_pool(*_a, **_k):
+        raise AssertionError("replays against real servers must not run in parallel")
+
+    ran = []
+    monkeypatch.setattr(experiment, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(experiment, "_run_job", lambda spec: ran.append(spec.target) or str(spec.output))
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"eviction": "lru", "workers": [{"url": "http://127.0.0.1:9", "pid": 4321}]}))
+    res = run_experiment(ROOT / "workloads" / "quickstart.toml", tmp_path / "out", target=str(cluster), jobs_n=2,
+                         progress=False, reduced=True, report=False)
+    assert res["ran"] == len(ran) >= 2 and set(ran) == {str(cluster)}

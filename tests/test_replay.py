@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent / "sim"))
 from sim_traces import make_trace  # noqa: E402
 
 from kvbench.cli import app  # noqa: E402
-from kvbench.replay import ReplaySpec, parse_params, plan_sweep, run_sweep  # noqa: E402
+from kvbench.errors import KvbenchError  # noqa: E402
+from kvbench.params import parse_key_values  # noqa: E402
+from kvbench.replay import ReplaySpec, plan_sweep, run_sweep  # noqa: E402
 from kvbench.results import read_run  # noqa: E402
 
 
@@ -30,7 +33,13 @@ def kvbench(*args, cwd):
     (["--eviction", "lru,bogus"], "--eviction bogus: unknown eviction policy"),
     (["--workers", "0"], "--workers 0"),
     (["--router", "cache_aware", "--router-param", "cache_threshold=x"], "expects a float"),
-    (["--router-param", "nokey"], "expected key=value"),
+    (["--router-param", "nokey"], "--router-param 'nokey': expected KEY=VALUE"),
+    # a bad policy value fails before the run, naming the parameter (it used to be a traceback mid-simulation)
+    (["--eviction", "s3fifo", "--eviction-param", "promote_threshold=2x"],
+     "--eviction-param promote_threshold=2x: eviction policy 's3fifo' expects an int for 'promote_threshold'"),
+    (["--eviction", "rlt", "--eviction-param", "mark_inserts=maybe"], "expects a bool for 'mark_inserts'"),
+    (["--eviction", "lru", "--eviction-param", "colour=red"], "--eviction-param colour: eviction policy 'lru' has no"),
+    (["--block-size", "24"], "--block-size 24: must be a multiple of the trace's block size 16"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, trace, args, needle):
     r = kvbench("replay", str(trace), "-o", str(tmp_path / "o"), "--no-progress", *args, cwd=tmp_path)
@@ -95,10 +104,88 @@ def run_sweep_one(tmp_path, trace):
     return combos[0].spec.output
 
 
-def test_parse_params():
-    assert parse_params(["a=1", "b = x"], "--router-param") == {"a": "1", "b": "x"}
-    assert parse_params(["a=1", "b=0.5", "c=true", "d=x"], "--e", typed=True) == {"a": 1, "b": 0.5, "c": True,
-                                                                                 "d": "x"}
+def test_parse_key_values_keeps_strings_for_the_consumer_to_type():
+    assert parse_key_values(["a=1", "b = x", "c=k=v"], "--router-param") == {"a": "1", "b": "x", "c": "k=v"}
+    assert parse_key_values(None, "--router-param") == {}
+
+
+def test_mark_inserts_false_reaches_the_simulated_policy(tmp_path, trace):
+    # bool("False") is True: the flag must be typed by the policy's default, not guessed or JSON-decoded
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["replay", str(trace), "--eviction", "rlt", "--eviction-param", "mark_inserts=False",
+                                   "--cache-tokens", "1500", "-o", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert read_run(out).config["eviction_params"] == {"mark_inserts": False}
+    from kvbench.cache import make_policy
+
+    assert make_policy("rlt", **parse_key_values(["mark_inserts=False"], "--eviction-param")).mark_inserts is False
+
+
+def test_output_under_a_file_fails_before_the_run(tmp_path, trace, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    r = kvbench("replay", str(trace), "-o", str(tmp_path / "afile" / "sub"), "--no-progress", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("kvbench: error: ")
+    assert "afile" in lines[0] and "Traceback" not in r.stderr
+
+    from kvbench import replay
+
+    def never(*_a, **_k):
+        raise AssertionError("the backend ran although the output path is unusable")
+
+    monkeypatch.setattr(replay, "run_backend", never)
+    with pytest.raises(KvbenchError, match="cannot create the result directory"):
+        replay.run_replay(ReplaySpec(trace=trace, output=tmp_path / "afile" / "sub2"))
+
+
+def test_a_failed_run_leaves_no_empty_output_dir(tmp_path, trace, monkeypatch):
+    from kvbench import replay
+
+    def broken(*_a, **_k):
+        raise KvbenchError("backend failed")
+
+    monkeypatch.setattr(replay, "run_backend", broken)
+    with pytest.raises(KvbenchError, match="backend failed"):
+        replay.run_replay(ReplaySpec(trace=trace, output=tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_sweep_child_turns_any_exception_into_an_error_line(tmp_path, trace, monkeypatch):
+    from kvbench import replay
+
+    def crash(spec):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(replay, "run_replay", crash)
+    out, err, summary = replay._child_run(ReplaySpec(trace=trace, output=tmp_path / "c"))
+    assert out == str(tmp_path / "c") and summary is None and err == "replay failed (RuntimeError: boom)"
+    combos = plan_sweep(ReplaySpec(trace=trace, output=tmp_path / "sw"), ["lru"], ["round_robin", "random"])
+    with pytest.raises(KvbenchError, match=r"lru-round_robin: replay failed \(RuntimeError: boom\)"):
+        run_sweep(combos, jobs=1, progress=False)
+    assert not any((tmp_path / "sw").iterdir())  # no half-made combination directories
+
+
+def _with_block_size(bs):
+    from kvbench.sim.run import run_sim
+
+    return lambda spec, trace: replace(run_sim(spec, trace), block_size=bs)
+
+
+def test_ideal_hit_rate_uses_the_block_size_the_backend_used(tmp_path, trace, monkeypatch):
+    from kvbench import replay
+    from kvbench.trace import ideal_hit_rate, read_trace
+
+    monkeypatch.setattr(replay, "run_backend", _with_block_size(64))
+    cfg = read_run(replay.run_replay(ReplaySpec(trace=trace, output=tmp_path / "a", progress=False))).config
+    assert cfg["summary"]["hit_rates"]["ideal"] == pytest.approx(ideal_hit_rate(read_trace(trace), 64))
+    assert cfg["ideal_block_size"] == 64 and "ideal_note" not in cfg
+    assert ideal_hit_rate(read_trace(trace), 64) != ideal_hit_rate(read_trace(trace), 16)  # the test can tell
+
+    # a server block size that is not a multiple of the trace's: recorded as unknown, the run is kept
+    monkeypatch.setattr(replay, "run_backend", _with_block_size(24))
+    cfg = read_run(replay.run_replay(ReplaySpec(trace=trace, output=tmp_path / "b", progress=False))).config
+    assert cfg["summary"]["hit_rates"]["ideal"] is None
+    assert "not a multiple" in cfg["ideal_note"] and "24" in cfg["ideal_note"]
 
 
 def test_run_json_is_valid_json_without_nan(tmp_path, trace):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kvbench.cache.arc import ARCPolicy, DBLPolicy
 from kvbench.cache.belady import BeladyPolicy
@@ -16,6 +18,7 @@ from kvbench.cache.randomleaf import RandomPolicy
 from kvbench.cache.rlt import RLTPolicy, RLTReusePolicy
 from kvbench.cache.s3fifo import S3FIFOPolicy
 from kvbench.errors import KvbenchError
+from kvbench.params import resolve_params
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     policy.name: policy
@@ -34,15 +37,46 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 }
 
 
-def make_policy(
-    name: str, seed: int = 0, future: Sequence[Sequence[int]] | None = None, **params
-) -> EvictionPolicy:
-    """Build a policy by name; ``future`` (per-request block keys in processing order) feeds ``belady``."""
+_SET_BY_KVBENCH = ("self", "seed", "future")  # given by make_policy itself, not by --eviction-param
+
+
+def _typed_defaults(cls: type[EvictionPolicy]) -> dict[str, Any]:
+    """A policy's tunable ``__init__`` parameters with a value of the type each expects: the default, or
+    for a ``None`` default a zero of its annotated type (so ``capacity: int | None = None`` takes ints)."""
+    hints = typing.get_type_hints(cls.__init__)
+    out: dict[str, Any] = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in _SET_BY_KVBENCH or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        if default is None:
+            hint = hints.get(name)
+            kinds = typing.get_args(hint) or (hint,)  # int | None -> (int, NoneType)
+            default = next((k() for k in (bool, int, float) if k in kinds), None)
+        out[name] = default
+    return out
+
+
+def policy_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``--eviction-param`` values checked against policy ``name`` and converted to its defaults' types."""
     cls = POLICIES.get(name)
     if cls is None:
         raise KvbenchError(f"unknown eviction policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    return resolve_params(f"eviction policy '{name}'", _typed_defaults(cls), params, "--eviction-param",
+                          fill_defaults=False)
+
+
+def make_policy(
+    name: str, seed: int = 0, future: Sequence[Sequence[int]] | None = None, **params
+) -> EvictionPolicy:
+    """Build a policy by name; ``future`` (per-request block keys in processing order) feeds ``belady``.
+
+    ``params`` may be strings (``--eviction-param k=v``): each is converted to the type of the matching
+    ``__init__`` default, so every caller (simulator, vLLM plugin) builds the same policy from the same flags.
+    """
+    kwargs = policy_params(name, params)
+    cls = POLICIES[name]
     accepted = inspect.signature(cls.__init__).parameters
-    kwargs = dict(params)
     if "seed" in accepted:
         kwargs["seed"] = seed
     if "future" in accepted:
@@ -54,8 +88,8 @@ def make_policy(
         kwargs["future"] = future
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise KvbenchError(f"bad parameters for eviction policy {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise KvbenchError(f"--eviction-param: bad parameters for eviction policy {name!r}: {exc}") from None
 
 
-__all__ = ["POLICIES", "Admission", "CacheStats", "EvictionPolicy", "PrefixCache", "make_policy"]
+__all__ = ["POLICIES", "Admission", "CacheStats", "EvictionPolicy", "PrefixCache", "make_policy", "policy_params"]

@@ -31,6 +31,7 @@ import typer
 from kvbench.errors import fail
 from kvbench.fsutil import write_json_atomic
 from kvbench.http.model import kv_bytes_per_token
+from kvbench.params import parse_key_values
 from kvbench.vllm_plugin.config import NATIVE, PolicyConfig, check_policy
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -267,16 +268,34 @@ def verify_policy(w: StartedWorker) -> None:
                    f"(is kvbench installed in the same Python as vLLM, and VLLM_PLUGINS unset?); log: {w.log}")
 
 
-def stop_pid(pid: int, timeout: float = 20.0) -> bool:
-    """Stop a worker's whole process group (API server, engine core, workers); True if it was running."""
+def is_our_server(pid: int, port: int) -> bool | None:
+    """Does ``pid`` run a vLLM OpenAI api_server on ``port``? None when /proc cannot tell (not Linux)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except FileNotFoundError:
+        return False if Path("/proc/self/cmdline").exists() else None  # gone, or no /proc at all
+    except OSError:
+        return None
+    ports = {args[i + 1] for i, a in enumerate(args[:-1]) if a == "--port"}
+    ports |= {a.split("=", 1)[1] for a in args if a.startswith("--port=")}
+    return SERVER_MODULE in args and str(port) in ports
+
+
+def stop_pid(pid: int, timeout: float = 20.0, port: int | None = None) -> bool:
+    """Stop a worker's whole process group (API server, engine core, workers); True if it was ours and running.
+
+    Only a process group that ``pid`` leads is signalled (every worker is started as a session leader). With
+    ``port`` (a pid read back from a cluster file, maybe stale and reused), the process must also be a vLLM
+    api_server on that port; anything else is left alone.
+    """
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return False
-    if pgid != pid:  # we start every worker as a session leader; anything else is not ours to kill
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        return True
+    if pgid != pid:  # not a group leader: not a worker we started
+        return False
+    if port is not None and is_our_server(pid, port) is False:
+        return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -413,30 +432,45 @@ def read_cluster(path: Path) -> dict[str, Any]:
     return data
 
 
-def stop_cluster(data: dict[str, Any]) -> list[int]:
-    """Stop every worker recorded in a cluster file; returns the pids that were still running."""
+def stop_cluster(data: dict[str, Any], on_skip=None) -> list[int]:
+    """Stop every worker recorded in a cluster file; returns the pids that were ours and still running.
+
+    A recorded pid that is gone or now belongs to something else (stale file, reused pid) is left alone and
+    passed to ``on_skip(pid, port)``.
+    """
     stopped = []
     for i, w in enumerate(data["workers"]):
         pid = w.get("pid") if isinstance(w, dict) else None
         if not isinstance(pid, int) or pid <= 1:
             raise fail(f"cluster file: workers[{i}] has no valid 'pid'")
-        if stop_pid(pid):
+        port = w.get("port")
+        if not isinstance(port, int):
+            port = _url_port(w.get("url"))
+        if port is not None and stop_pid(pid, port=port):
             stopped.append(pid)
+        elif on_skip is not None:
+            on_skip(pid, port)
     return stopped
 
 
+def _url_port(url: Any) -> int | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).port if isinstance(url, str) else None
+    except ValueError:
+        return None
+
+
 # --- CLI -----------------------------------------------------------------------------------------------
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--eviction-param {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+def _eviction_params(eviction: str, items: list[str]) -> dict[str, Any]:
+    """``--eviction-param`` typed exactly as the simulator types it (kvbench.params + the policy's defaults)."""
+    params = parse_key_values(items, "--eviction-param")
+    if eviction == NATIVE or not params:
+        return params
+    from kvbench.cache import policy_params
+
+    return policy_params(eviction, params)
 
 
 def register_cluster(app: typer.Typer) -> None:
@@ -466,7 +500,7 @@ def register_cluster(app: typer.Typer) -> None:
         """Start N vLLM OpenAI servers, wait for health and write their endpoints to a cluster file."""
         options, device = cluster_options(model, workers, eviction, seed, base_port, cpu, block_size,
                                           kv_cache_tokens, max_model_len, host, kv_events,
-                                          _parse_params(eviction_param), extra)
+                                          _eviction_params(eviction, eviction_param), extra)
         logs = log_dir or output.resolve().parent / f"{output.stem}-logs"
         info = start_cluster(options, device, logs, timeout)
         try:
@@ -482,7 +516,11 @@ def register_cluster(app: typer.Typer) -> None:
     @cluster_app.command("down")
     def down(cluster_file: Path = typer.Argument(..., help="Cluster file written by `kvbench cluster up`.")) -> None:
         """Stop the workers of a cluster file (their whole process groups)."""
-        stopped = stop_cluster(read_cluster(cluster_file))
+        def skipped(pid: int, port: int | None) -> None:
+            typer.echo(f"pid {pid} (port {port}): not running / not ours (no vLLM api_server on that port); "
+                       f"left alone", err=True)
+
+        stopped = stop_cluster(read_cluster(cluster_file), on_skip=skipped)
         typer.echo(f"stopped {len(stopped)} worker(s) of {cluster_file}")
 
     app.add_typer(cluster_app, name="cluster")
@@ -494,6 +532,7 @@ __all__ = [
     "WorkerOptions",
     "cache_config",
     "cluster_options",
+    "is_our_server",
     "read_cluster",
     "register_cluster",
     "start_cluster",

@@ -11,16 +11,7 @@ from kvbench.errors import fail
 from kvbench.http.cluster import register_cluster
 from kvbench.http.model import register_model
 from kvbench.http.targets import parse_target
-
-
-def parse_params(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"{flag} {item}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
+from kvbench.params import parse_key_values
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +41,7 @@ def register(app: typer.Typer) -> None:
         target = parse_target(workers)
         config = GatewayConfig(workers=target.urls, router=router, seed=seed,
                                block_size=block_size or target.block_size,
-                               router_params=parse_params(router_param, "--router-param"),
+                               router_params=parse_key_values(router_param, "--router-param"),
                                tokenizer=tokenizer, timeout_s=timeout)
         try:
             serve(config, host=host, port=port)

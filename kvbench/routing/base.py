@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kvbench.errors import fail
+from kvbench.params import resolve_params as _resolve
 
 
 @dataclass
@@ -100,33 +100,6 @@ class Router(ABC):
         return {"name": self.name, **self.params}
 
 
-def _convert(router: str, key: str, value: Any, default: Any) -> Any:
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise fail(f"--router-param {key}={value}: router '{router}' expects a "
-                   f"{type(default).__name__} for '{key}'") from None
-    return value
-
-
 def resolve_params(router: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(sorted(defaults)) or "none"
-        raise fail(f"--router-param {unknown[0]}: router '{router}' has no such parameter (known: {known})")
-    out = dict(defaults)
-    for k, v in given.items():
-        out[k] = _convert(router, k, v, defaults[k])
-    return out
+    """``--router-param`` values checked and typed like the router's defaults (shared with eviction policies)."""
+    return _resolve(f"router '{router}'", defaults, given, "--router-param")

@@ -24,8 +24,6 @@ their lengths are exact.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,42 +62,18 @@ class Stream:
 
 
 async def _complete(session, url: str, model: str, prompt: list[int], max_tokens: int, timeout: float) -> Stream:
-    import aiohttp
+    """One streamed request through kvbench's HTTP client (the one the replay uses); failure is one line."""
+    from kvbench.http.client import ClientSettings, Prompt, send
 
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
-    times: list[float] = []
-    usage = None
-    try:
-        async with session.post(f"{url}/v1/completions", json=body,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            if r.status != 200:
-                text = (await r.text())[:200].replace("\n", " ")
-                raise fail(f"--target {url}: /v1/completions answered HTTP {r.status}: {text}")
-            async for raw in r.content:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if chunk.get("choices"):
-                    times.append(time.perf_counter() - t0)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-    except aiohttp.ClientConnectorError as exc:
-        raise fail(f"--target {url}: cannot connect ({exc.os_error or exc}); is the server running?") from None
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise fail(f"--target {url}: request failed ({type(exc).__name__}: {exc})") from None
-    if not times:
+    settings = ClientSettings(model=model, api="completions", timeout_s=timeout)
+    out = await send(session, url, settings, Prompt(token_ids=list(prompt)), max_tokens, use_ids=True)
+    if out.status != "ok":
+        hint = "; is the server running?" if out.connect_failed else ""
+        raise fail(f"--target {url}: {out.error}{hint}")
+    if not out.chunk_times or out.sent is None:
         raise fail(f"--target {url}: the stream returned no tokens; does the server support streaming completions?")
-    cached = None
-    details = (usage or {}).get("prompt_tokens_details") or {}
-    if details.get("cached_tokens") is not None:
-        cached = int(details["cached_tokens"])
-    return Stream(ttft=times[0], gaps=np.diff(times).tolist(), cached=cached, last=times[-1])
+    times = [t - out.sent for t in out.chunk_times]
+    return Stream(ttft=times[0], gaps=np.diff(times).tolist(), cached=out.cached_tokens, last=times[-1])
 
 
 async def _batch_end(session, url: str, model: str, prompts: list[list[int]], max_tokens: int,

@@ -142,7 +142,8 @@ def result_rows(trace: Trace, reqs: list[SimRequest]) -> pd.DataFrame:
         "group_id": sub["group_id"].to_numpy(),
         "worker": worker, "arrival_s": arrival, "sent_s": sent, "first_token_s": first_s, "done_s": done_s,
         "ttft_s": ttft, "e2e_s": e2e, "tpot_s": tpot, "itl_s": itl,
-        "input_tokens": [r.input for r in reqs], "output_tokens": [r.route.output_tokens for r in reqs],
+        # output_tokens: what was generated (the engine samples at least one token), not the trace's value
+        "input_tokens": [r.input for r in reqs], "output_tokens": [r.generated for r in reqs],
         "cached_tokens": pd.array(cached, dtype="Int64"), "status": status, "error": error,
     })
 

@@ -1,6 +1,6 @@
 import pytest
 
-from kvbench.cache import POLICIES, PrefixCache, make_policy
+from kvbench.cache import POLICIES, PrefixCache, make_policy, policy_params
 from kvbench.errors import KvbenchError
 
 
@@ -10,9 +10,27 @@ def test_registry_names_and_errors():
         make_policy("nope")
     with pytest.raises(KvbenchError, match="belady"):
         make_policy("belady")
-    with pytest.raises(KvbenchError, match="bad parameters for eviction policy 'lru'"):
+    with pytest.raises(KvbenchError, match="colour: eviction policy 'lru' has no such parameter"):
         make_policy("lru", colour="red")
     assert make_policy("s3fifo", small_fraction=0.2).name == "s3fifo"
+
+
+def test_string_params_take_the_type_of_the_init_default():
+    # `--eviction-param k=v` gives strings; every caller (simulator, vLLM plugin) must build the same policy
+    for text, want in (("False", False), ("false", False), ("0", False), ("no", False), ("True", True),
+                       ("1", True), ("yes", True)):
+        assert make_policy("rlt", mark_inserts=text).mark_inserts is want
+    assert make_policy("rlt", mark_inserts=False).mark_inserts is False  # typed values (JSON) pass through
+    s3 = make_policy("s3fifo", small_fraction="0.25", promote_threshold="2")
+    assert s3._small_fraction == 0.25 and isinstance(s3._small_fraction, float)
+    assert policy_params("s3fifo", {"promote_threshold": "2"}) == {"promote_threshold": 2}
+    assert policy_params("arc", {"capacity": "64"}) == {"capacity": 64}  # None default: typed by annotation
+    with pytest.raises(KvbenchError, match="promote_threshold=2x: eviction policy 's3fifo' expects an int"):
+        make_policy("s3fifo", promote_threshold="2x")
+    with pytest.raises(KvbenchError, match="mark_inserts=maybe: eviction policy 'rlt' expects a bool"):
+        make_policy("rlt", mark_inserts="maybe")
+    with pytest.raises(KvbenchError, match="seed: eviction policy 'random' has no such parameter"):
+        policy_params("random", {"seed": "3"})  # set by kvbench (--seed), not a policy parameter
 
 
 def test_hit_stops_at_first_missing_block_and_counts_tokens():

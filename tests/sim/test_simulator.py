@@ -89,6 +89,16 @@ def test_single_request_latency_is_the_profile_formula(tmp_path):
     assert np.allclose(row["itl_s"], decode)
 
 
+def test_output_tokens_record_what_was_generated(tmp_path):
+    # a trace with 0 output tokens still makes the engine sample one token (it ends the prefill)
+    trace = make_trace(tmp_path / "zero.parquet", n_groups=2, per_group=2, prefix=64, suffix=16, output=0)
+    rows = run(tmp_path, trace, workers=1).requests
+    assert (rows["status"] == "ok").all() and (rows["output_tokens"] == 1).all()
+    big = make_trace(tmp_path / "big.parquet", n_groups=1, per_group=2, prefix=64, suffix=16, output=3)
+    failed = run(tmp_path, big, "f", cache_tokens=64, block_size=16).requests  # never admitted
+    assert (failed["status"] == "error").all() and (failed["output_tokens"] == 0).all()
+
+
 def test_request_larger_than_the_cache_fails_cleanly(tmp_path):
     trace = make_trace(tmp_path / "big.parquet", n_groups=2, per_group=2, prefix=64, suffix=16)
     df = pd.read_parquet(trace)

@@ -82,6 +82,9 @@ def test_native_eviction_sets_no_plugin_env(fake_model):
         (["--kv-cache-tokens", "-1"], "--kv-cache-tokens must be positive"),
         (["--eviction", "nosuch", "--cpu"], "unknown eviction policy 'nosuch'"),
         (["--eviction-param", "novalue", "--cpu"], "--eviction-param 'novalue': expected KEY=VALUE"),
+        (["--eviction", "s3fifo", "--eviction-param", "promote_threshold=2x", "--cpu"],
+         "--eviction-param promote_threshold=2x: eviction policy 's3fifo' expects an int for 'promote_threshold'"),
+        (["--eviction", "lru", "--eviction-param", "colour=red", "--cpu"], "eviction policy 'lru' has no such"),
     ],
 )
 def test_cluster_up_rejects_bad_flags_in_one_line(fake_model, tmp_path, args, message):
@@ -106,15 +109,55 @@ def test_cluster_down_reads_only_cluster_files(tmp_path):
         read_cluster(bad)
 
 
+def test_eviction_params_are_typed_like_the_simulator_types_them(fake_model):
+    # json.loads("False") fails and left the string "False", and bool("False") is True: the real cluster ran
+    # mark_inserts=True while the simulator ran False for the same flag
+    from kvbench.cache import make_policy
+    from kvbench.http.cluster import _eviction_params
+
+    params = _eviction_params("rlt", ["mark_inserts=False"])
+    assert params == {"mark_inserts": False}
+    (opts,), _ = cluster_options(str(fake_model), 1, "rlt", 0, 18120, True, None, None, None, "127.0.0.1", False,
+                                 params)
+    cfg = config_from_env(server_env(opts, base={}))
+    assert cfg.params == {"mark_inserts": False}
+    assert make_policy(cfg.name, seed=cfg.seed, **cfg.params).mark_inserts is False  # what the plugin builds
+
+
+FAKE_SERVER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+
+
 def test_stop_kills_the_whole_process_group():
-    # a parent that starts a child in its own session: both must go
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    # a parent that starts a child in its own session: both must go. Its command line looks like a worker's.
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_SERVER, "-m", "vllm.entrypoints.openai.api_server",
+                             "--port", "18177"], start_new_session=True)
     time.sleep(0.5)
-    assert stop_cluster({"workers": [{"pid": proc.pid}]}) == [proc.pid]
+    skipped = []
+    # the recorded port must match: a vLLM server on another port is someone else's
+    assert stop_cluster({"workers": [{"pid": proc.pid, "port": 18179}]}, on_skip=lambda *a: skipped.append(a)) == []
+    assert skipped == [(proc.pid, 18179)] and proc.poll() is None
+    assert stop_cluster({"workers": [{"pid": proc.pid, "port": 18177}]}) == [proc.pid]
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
     assert stop_pid(proc.pid) is False  # already gone
+
+
+@pytest.mark.parametrize("own_session", [True, False])
+def test_cluster_down_leaves_a_process_that_is_not_ours_alone(tmp_path, own_session):
+    # a stale cluster.json whose pid now belongs to something else (here a harmless `sleep`)
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=own_session)
+    try:
+        cluster = tmp_path / "cluster.json"
+        cluster.write_text(json.dumps({"workers": [{"pid": sleeper.pid, "port": 18178,
+                                                    "url": "http://127.0.0.1:18178"}]}))
+        res = CliRunner().invoke(_app(), ["cluster", "down", str(cluster)])
+        assert res.exit_code == 0, res.output
+        assert "stopped 0 worker(s)" in res.output and "not running / not ours" in res.output
+        time.sleep(0.2)
+        assert sleeper.poll() is None, "cluster down killed a process it did not start"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_log_tail_finds_the_root_cause(tmp_path):
@@ -134,6 +177,7 @@ def test_cluster_up_and_down_with_a_real_worker(tiny_model, tmp_path):
     out = tmp_path / "cluster.json"
     res = CliRunner().invoke(_app(), ["cluster", "up", "--model", str(tiny_model), "--workers", "1", "--cpu",
                                       "--eviction", "rlt", "--seed", "7", "--kv-cache-tokens", "1024",
+                                      "--eviction-param", "mark_inserts=False",
                                       "--block-size", "32", "--base-port", "18160", "-o", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -142,7 +186,7 @@ def test_cluster_up_and_down_with_a_real_worker(tiny_model, tmp_path):
         assert data["endpoints"] == [w["url"]] == ["http://127.0.0.1:18160"]
         assert (data["eviction"], data["seed"], data["block_size"]) == ("rlt", 7, 32)
         assert (data["kv_cache_tokens"], data["kv_cache_blocks"], data["usable_blocks"]) == (1024, 32, 31)
-        assert "kvbench eviction policy 'rlt' (seed 7" in Path(w["log"]).read_text()
+        assert "kvbench eviction policy 'rlt' (seed 7, params {'mark_inserts': False})" in Path(w["log"]).read_text()
         print(f"worker start-up: {w['startup_s']} s")
         # the same port again: refused before anything starts
         res2 = CliRunner().invoke(_app(), ["cluster", "up", "--model", str(tiny_model), "--workers", "1", "--cpu",

@@ -1,0 +1,42 @@
+"""Markdown tables of the committed reproduction summaries (results/<spec>.csv), for results/README.md.
+
+    python scripts/results_table.py results/rlt-gsp-random.csv [more.csv ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+
+def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def table(path: str) -> str:
+    df = pd.read_csv(path)
+    sweep = [c for c in df.columns if c not in ("experiment", "eviction", "router", "seeds")
+             and not c.endswith(("_mean", "_std")) and c != "ideal_hit_rate"]
+    head = ["", *sweep, "eviction", "router", "hit rate", "ideal", "mean TTFT (s)", "p99 TTFT (s)",
+            "mean e2e (s)", "req/s"]
+    lines = ["| " + " | ".join(head[1:]) + " |", "|" + "---|" * (len(head) - 1)]
+    for _, r in df.iterrows():
+        cells = [str(r[c]) for c in sweep] + [
+            r["eviction"], r["router"], _pm(r["hit_rate_mean"], r["hit_rate_std"]),
+            f"{r['ideal_hit_rate']:.3f}" if not pd.isna(r["ideal_hit_rate"]) else "-",
+            _pm(r["mean_ttft_ms_mean"], r["mean_ttft_ms_std"], 1e-3, 2),
+            _pm(r["p99_ttft_ms_mean"], r["p99_ttft_ms_std"], 1e-3, 1),
+            _pm(r["mean_e2el_ms_mean"], r["mean_e2el_ms_std"], 1e-3, 2),
+            f"{r['request_throughput_mean']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        print(f"\n`{p}`\n")
+        print(table(p))
