@@ -144,3 +144,21 @@ def _hash_chunk(flat: np.ndarray, lengths: np.ndarray, counts: np.ndarray, block
         before[nz] = acc[first_block[nz] - 1]
         h = (acc - before[seq_of_block]) * _pow_table(_P, max_local)[local]
     return mix64(h).view(np.int64)
+
+
+def keyed_tokens(ids: np.ndarray, pos: np.ndarray, salt: int = 0) -> np.ndarray:
+    """A uint64 key per token, a pure function of (id, position, salt): ``mix64(mix64(id ^ salt) + pos)``.
+
+    Synthetic prompts take ``key % vocabulary`` as the token, so equal ids give identical tokens and
+    different ids differ almost surely, in a few numpy passes instead of one random generator per block.
+    """
+    with np.errstate(over="ignore"):
+        inner = mix64(np.asarray(ids).astype(np.uint64, copy=False) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+        return mix64(inner + np.asarray(pos).astype(np.uint64, copy=False))
+
+
+def block_token_keys(block_ids: np.ndarray, block_size: int, salt: int = 0) -> np.ndarray:
+    """:func:`keyed_tokens` of whole blocks: ``block_size`` keys per block id, back to back."""
+    ids = np.asarray(block_ids).astype(np.uint64, copy=False)
+    pos = np.tile(np.arange(block_size, dtype=np.uint64), len(ids))
+    return keyed_tokens(np.repeat(ids, block_size), pos, salt)

@@ -37,8 +37,8 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("sent_s", pa.float64()),  # when it was sent to a worker (simulator: routed, before queueing)
         pa.field("first_token_s", pa.float64()),
         pa.field("done_s", pa.float64()),
-        pa.field("ttft_s", pa.float64()),  # first_token_s - arrival_s
-        pa.field("e2e_s", pa.float64()),  # done_s - arrival_s
+        pa.field("ttft_s", pa.float64()),  # first_token_s - sent_s (as vllm bench serve times it)
+        pa.field("e2e_s", pa.float64()),  # done_s - sent_s; sent_s - arrival_s is client-side wait
         pa.field("tpot_s", pa.float64()),  # (done - first token) / (output_tokens - 1)
         pa.field("itl_s", pa.list_(pa.float64())),  # inter-token latencies when streamed
         pa.field("input_tokens", pa.int32()),

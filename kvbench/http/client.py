@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,13 @@ class Prompt:
     text: str | None = None
     messages: list[dict[str, str]] | None = None  # chat with generated history
     recorded: bool = True  # exactly the trace's prompt (its hash ids apply)
+    decoder: Callable[[list[int]], str] | None = field(default=None, repr=False, compare=False)
+
+    def as_text(self) -> str:
+        """The text, decoded from the ids on first use: most requests send ids and never need it."""
+        if self.text is None and self.token_ids is not None and self.decoder is not None:
+            self.text = self.decoder(self.token_ids)
+        return self.text or ""
 
 
 @dataclass
@@ -40,12 +49,16 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # generated text, chunk by chunk (joined once: see text)
     token_ids: list[int] | None = None  # generated ids when the server returns them
     used_token_ids: bool = False
     connect_failed: bool = False  # never reached the server: safe to send elsewhere
     worker_lost: bool = False  # the connection broke: the worker is probably down
-    rejected_token_ids: bool = False  # 400/422 to a token-id prompt: retry as text
+    rejected_token_ids: bool = False  # the server refused a token-id prompt's format: retry as text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class StreamError(Exception):
@@ -73,11 +86,11 @@ def build_body(settings: ClientSettings, prompt: Prompt, max_tokens: int, use_id
         "stream_options": {"include_usage": True},
     }
     if settings.api == "chat":
-        body["messages"] = prompt.messages or [{"role": "user", "content": prompt.text or ""}]
+        body["messages"] = prompt.messages or [{"role": "user", "content": prompt.as_text()}]
     elif use_ids:
         body["prompt"] = list(prompt.token_ids or [])
     else:
-        body["prompt"] = prompt.text or ""
+        body["prompt"] = prompt.as_text()
     if settings.return_token_ids:
         body["return_token_ids"] = True
     return body
@@ -87,18 +100,51 @@ def endpoint_path(api: str) -> str:
     return "/v1/chat/completions" if api == "chat" else "/v1/completions"
 
 
-def _error_message(status: int, body: str) -> str:
-    detail = body.strip()
+def _json_or_none(body: str) -> Any:
     try:
-        data = json.loads(body)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        if isinstance(err, dict):
-            detail = str(err.get("message") or err.get("detail") or err)
-        elif isinstance(err, str):
-            detail = err
+        return json.loads(body)
     except (json.JSONDecodeError, ValueError):
-        pass
-    return f"HTTP {status}: {' '.join(detail.split())[:300]}"
+        return None
+
+
+def _error_detail(body: str) -> str:
+    """The human-readable part of an error body (OpenAI ``error.message``, FastAPI ``detail``, or the text)."""
+    detail = body.strip()
+    data = _json_or_none(body)
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        detail = str(err.get("message") or err.get("detail") or err)
+    elif isinstance(err, str):
+        detail = err
+    return detail
+
+
+def _error_message(status: int, body: str) -> str:
+    return f"HTTP {status}: {' '.join(_error_detail(body).split())[:300]}"
+
+
+_FORMAT_WORDS = re.compile(r"\b(type|types|list|lists|array|string|str|token|tokens|integer|integers|int)\b")
+_LENGTH_WORDS = re.compile(r"too long|length|maximum|context|exceed|max_tokens|max_model_len")
+
+
+def rejects_prompt_format(status: int, body: str) -> bool:
+    """Whether a 400/422 says the *form* of the prompt (token ids rather than a string) is not accepted.
+
+    Conservative on purpose: only then is re-sending as text the same request. Anything else (an unknown
+    field, a prompt too long for the model, a bad sampling parameter) is the request's own error.
+    """
+    if status not in (400, 422):
+        return False
+    data = _json_or_none(body)
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if isinstance(detail, list):  # FastAPI / pydantic validation errors name the offending field in "loc"
+        return any(isinstance(e, dict) and "prompt" in [str(x) for x in e.get("loc") or []] for e in detail)
+    message = _error_detail(body).lower()
+    if "out of vocabulary" in message:  # the ids are not this model's: its own tokenizer must read text
+        return True
+    if "prompt" not in message or _LENGTH_WORDS.search(message):
+        return False
+    return bool(_FORMAT_WORDS.search(message))
 
 
 def _apply_chunk(out: Outcome, data: dict[str, Any], now: float) -> None:
@@ -125,9 +171,12 @@ def _apply_chunk(out: Outcome, data: dict[str, Any], now: float) -> None:
             if out.first_token is None:
                 out.first_token = now
             out.chunk_times.append(now)
-        out.text += piece or ""
+        if piece:
+            out.pieces.append(piece)
         if isinstance(ids, list):
-            out.token_ids = (out.token_ids or []) + [int(t) for t in ids]
+            if out.token_ids is None:
+                out.token_ids = []
+            out.token_ids.extend(int(t) for t in ids)
     usage = data.get("usage")
     if isinstance(usage, dict):
         out.prompt_tokens = usage.get("prompt_tokens", out.prompt_tokens)
@@ -175,26 +224,27 @@ async def send(session: aiohttp.ClientSession, url: str, settings: ClientSetting
     out = Outcome(used_token_ids=use_ids)
     body = build_body(settings, prompt, max_tokens, use_ids)
     target = url + endpoint_path(settings.api)
+    deadline = asyncio.timeout(settings.timeout_s)
     out.sent = time.monotonic()
     try:
-        async with asyncio.timeout(settings.timeout_s):
-            async with session.post(target, json=body) as resp:
-                if resp.status != 200:
-                    out.status, out.error = "error", f"{target}: " + _error_message(resp.status, await resp.text())
-                    out.rejected_token_ids = use_ids and resp.status in (400, 422)
-                    out.done = time.monotonic()
-                    return out
-                ctype = resp.headers.get("Content-Type", "")
-                if "text/event-stream" not in ctype and "json" in ctype:
-                    # a server that ignores stream=true: one JSON body, no token timing
-                    data = await resp.json(content_type=None)
-                    now = time.monotonic()
-                    if not isinstance(data, dict):
-                        raise StreamError("response body is not a JSON object")
-                    out.first_token = now
-                    _apply_chunk(out, data, now)
-                else:
-                    await read_sse(resp, out)
+        async with deadline, session.post(target, json=body) as resp:
+            if resp.status != 200:
+                text = await resp.text()
+                out.status, out.error = "error", f"{target}: " + _error_message(resp.status, text)
+                out.rejected_token_ids = use_ids and rejects_prompt_format(resp.status, text)
+                out.done = time.monotonic()
+                return out
+            ctype = resp.headers.get("Content-Type", "")
+            if "text/event-stream" not in ctype and "json" in ctype:
+                # a server that ignores stream=true: one JSON body, no token timing
+                data = await resp.json(content_type=None)
+                now = time.monotonic()
+                if not isinstance(data, dict):
+                    raise StreamError("response body is not a JSON object")
+                out.first_token = now
+                _apply_chunk(out, data, now)
+            else:
+                await read_sse(resp, out)
         out.done = time.monotonic()
     except StreamError as exc:
         out.status, out.error = "error", f"{target}: malformed stream: {exc}"
@@ -204,8 +254,12 @@ async def send(session: aiohttp.ClientSession, url: str, settings: ClientSetting
     except CONNECTION_ERRORS as exc:
         out.status, out.error = "error", f"{target}: connection lost ({type(exc).__name__}: {exc})"
         out.worker_lost = True
-    except TimeoutError:
-        out.status, out.error = "error", f"{target}: timed out after {settings.timeout_s:g}s"
+    except TimeoutError as exc:
+        if deadline.expired():
+            out.status, out.error = "error", f"{target}: timed out after {settings.timeout_s:g}s"
+        else:  # not our limit: a socket or session timeout of the HTTP client
+            why = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            out.status, out.error = "error", f"{target}: HTTP client timeout before {settings.timeout_s:g}s ({why})"
     except aiohttp.ClientError as exc:
         out.status, out.error = "error", f"{target}: {type(exc).__name__}: {exc}"
     if out.status == "error" and out.done is None:

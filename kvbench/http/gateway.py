@@ -113,8 +113,8 @@ class Gateway:
                                              timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         snaps = await asyncio.gather(*(metrics.scrape(self.session, u, 5.0) for u in self.urls))
         if self.config.block_size is None:
-            self.block_size = next((s.block_size for s in snaps if s.block_size), 16)
-        num_blocks = next((s.num_blocks for s in snaps if s.num_blocks), None)
+            self.block_size, _ = metrics.choose_block_size(snaps, [(16, "default")])
+        num_blocks = metrics.server_num_blocks(snaps)
         self.router = make_router(self.config.router, RouterConfig(
             workers=len(self.urls), block_size=self.block_size, seed=self.config.seed,
             params=dict(self.config.router_params), cache_blocks=num_blocks))

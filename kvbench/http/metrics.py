@@ -91,10 +91,32 @@ class MetricsSnapshot:
         snap = cls(url=url)
         for s in parse_prometheus(text):
             if s.name == CACHE_CONFIG:
-                snap.cache_config = dict(s.labels)
+                snap.cache_config = snap.cache_config or dict(s.labels)  # the first, as parse_cache_config
             elif s.name in KEPT and math.isfinite(s.value):
                 snap.values[s.name] = snap.values.get(s.name, 0.0) + s.value
         return snap
+
+
+def parse_cache_config(text: str) -> dict[str, str]:
+    """Labels of ``vllm:cache_config_info`` in a /metrics text ({} if absent)."""
+    return next((s.labels for s in parse_prometheus(text) if s.name == CACHE_CONFIG), {})
+
+
+def choose_block_size(snaps: list[MetricsSnapshot], fallbacks: list[tuple[int | None, str]]) -> tuple[int, str]:
+    """(block size, where it came from) for hashing what the servers cache: a server's own block size when
+    its /metrics reports one, else the first given ``(value, source)`` fallback that is set."""
+    for s in snaps:
+        if s.block_size:
+            return s.block_size, "server /metrics cache_config_info"
+    for value, source in fallbacks:
+        if value:
+            return int(value), source
+    raise ValueError("choose_block_size: no server block size and no fallback given")
+
+
+def server_num_blocks(snaps: list[MetricsSnapshot]) -> int | None:
+    """KV-cache capacity in blocks of the first server that reports it."""
+    return next((s.num_blocks for s in snaps if s.num_blocks), None)
 
 
 def _int_or_none(v: str | None) -> int | None:

@@ -8,29 +8,34 @@ server. Generated history: prompt_k = prompt sent for turn k-1 + the output gene
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from kvbench.hashing import block_token_keys, keyed_tokens
 from kvbench.http.client import Outcome, Prompt
 from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
 
 _PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
+_SALT_BLOCK = 0x2545F4914F6CDD1D
+_SALT_TAIL = 0x6A09E667F3BCC909
+
+
 def synthesize_ids(hash_ids: np.ndarray, input_tokens: int, block_size: int, salt: str) -> list[int]:
-    """Token ids whose blocks are a pure function of the block's hash id (the tail of the request's id)."""
-    out: list[int] = []
-    for h in np.asarray(hash_ids, dtype=np.int64).tolist():
-        rng = np.random.default_rng(h & 0xFFFFFFFFFFFFFFFF)
-        out.extend(rng.integers(0, WORD_COUNT, block_size).tolist())
-    tail = input_tokens - len(out)
+    """Token ids whose blocks are a pure function of the block's hash id (the tail, of the request's id)."""
+    ids = np.asarray(hash_ids, dtype=np.int64)[: max(0, input_tokens) // block_size]
+    keys = block_token_keys(ids, block_size, _SALT_BLOCK)
+    tail = input_tokens - len(keys)
     if tail > 0:
-        rng = np.random.default_rng(list(salt.encode("utf-8")) or [0])
-        out.extend(rng.integers(0, WORD_COUNT, tail).tolist())
-    return out[:input_tokens]
+        uid = int.from_bytes(hashlib.blake2b(salt.encode("utf-8"), digest_size=8).digest(), "little")
+        keys = np.concatenate([keys, keyed_tokens(np.full(tail, uid, dtype=np.uint64),
+                                                  np.arange(len(keys), input_tokens, dtype=np.uint64), _SALT_TAIL)])
+    return (keys % np.uint64(WORD_COUNT)).astype(np.int64).tolist()
 
 
 def text_suffix(text: str, n_tokens: int) -> str:
@@ -67,7 +72,7 @@ class PromptSource:
         if self._has_ids:
             v = self.df.at[i, "prompt_token_ids"]
             if v is not None and not (isinstance(v, float) and np.isnan(v)):
-                return [int(x) for x in v]
+                return np.asarray(v, dtype=np.int64).tolist()
         if self._text(i) is None:
             r = self.df.iloc[i]
             return synthesize_ids(r["hash_ids"], int(r["input_tokens"]), self.block_size, str(r["request_id"]))
@@ -81,17 +86,14 @@ class PromptSource:
         return None
 
     def recorded(self, i: int) -> Prompt:
-        ids = self._ids(i)
-        text = self._text(i)
-        if text is None and ids is not None:
-            text = self.tok.decode(ids)
-        return Prompt(token_ids=ids, text=text, recorded=True)
+        """The trace's prompt; text missing from the trace is decoded only if something asks for it."""
+        return Prompt(token_ids=self._ids(i), text=self._text(i), recorded=True, decoder=self.tok.decode)
 
     def prompt(self, i: int, history: SessionHistory | None, chat: bool = False) -> Prompt:
         base = self.recorded(i)
         if history is None or history.prompt is None or history.output is None:
             if chat and history is not None:
-                base.messages = [{"role": "user", "content": base.text or ""}]
+                base.messages = [{"role": "user", "content": base.as_text()}]
             return base
         prev, out = history.prompt, history.output
         n_user = int(self.df.at[i, "user_tokens"]) if "user_tokens" in self.df.columns else int(base_len(base))
@@ -99,11 +101,11 @@ class PromptSource:
         if base.token_ids is not None and n_user > 0 and (self._text(i) is None or self.builtin):
             user_text = self.tok.decode(user_ids)
         else:
-            user_text = text_suffix(base.text or "", n_user)
+            user_text = text_suffix(base.as_text(), n_user)
         sep = " " if user_text and not user_text.startswith((" ", "\n")) else ""
-        text = (prev.text or "") + out.text + sep + user_text
+        text = prev.as_text() + out.text + sep + user_text
         if chat:
-            msgs = list(prev.messages or [{"role": "user", "content": prev.text or ""}])
+            msgs = list(prev.messages or [{"role": "user", "content": prev.as_text()}])
             msgs += [{"role": "assistant", "content": out.text}, {"role": "user", "content": user_text}]
             return Prompt(token_ids=None, text=text, messages=msgs, recorded=False)
         if prev.token_ids is not None and out.token_ids is not None and base.token_ids is not None:
@@ -115,7 +117,7 @@ class PromptSource:
             return int(self.df.at[i, "input_tokens"])
         if prompt.token_ids is not None:
             return len(prompt.token_ids)
-        return self.tok.count(prompt.text or "")
+        return self.tok.count(prompt.as_text())
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import aiohttp
 import numpy as np
 import pandas as pd
 
-from kvbench.errors import KvbenchError, fail
+from kvbench.errors import fail
 from kvbench.hashing import block_hashes
 from kvbench.http import metrics
 from kvbench.http.client import ClientSettings, Outcome, Prompt, send
@@ -32,6 +33,11 @@ from kvbench.routing import Completion, RouterConfig, RouteRequest, make_router
 from kvbench.trace import Trace, replay_order
 
 PREFLIGHT_TIMEOUT_S = 10.0
+# No session-wide limit (aiohttp's default caps every request at 300 s): each request's own --timeout is the
+# only one; connecting still fails fast.
+SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
+LATENCY_ORIGIN = ("ttft_s/e2e_s are measured from sent_s, as vllm bench serve does; "
+                  "sent_s - arrival_s is client-side wait / send lag")
 
 
 @dataclass
@@ -106,6 +112,8 @@ class HttpReplay:
         self.df = df.reset_index(drop=True)
         self.rows: list[dict[str, Any]] = [self._blank_row(i) for i in range(len(self.df))]
         self.accepts_ids = [True] * self.n
+        self.text_fallbacks = [0] * self.n  # token-id prompts re-sent as text because the format was refused
+        self.fallback_reason: list[str | None] = [None] * self.n
         self.dead: dict[int, str] = {}
         self.interrupted = False
         self.t0 = 0.0
@@ -122,40 +130,39 @@ class HttpReplay:
 
     # ----------------------------------------------------------------------------------------- setup
     def _choose_block_size(self, snaps: list[metrics.MetricsSnapshot]) -> tuple[int, str]:
-        sizes = [s.block_size for s in snaps if s.block_size]
-        if sizes:
-            return sizes[0], "server /metrics cache_config_info"
-        if self.target.block_size:
-            return self.target.block_size, f"{self.target.source}"
-        return self.spec.block_size, "--block-size"
+        return metrics.choose_block_size(snaps, [(self.target.block_size, self.target.source),
+                                                 (self.spec.block_size, "--block-size")])
 
-    def _hash_lists(self, bs: int) -> tuple[list[np.ndarray], int]:
-        """Hash ids at the server's block size, so routers see the blocks the server caches."""
-        try:
-            all_ids = self.trace.hash_ids_at(bs)
-            idx = self.df.index if len(self.df) == len(self.trace.df) else None
-            if idx is None:
-                pos = {rid: k for k, rid in enumerate(self.trace.df["request_id"])}
-                return [all_ids[pos[rid]] for rid in self.df["request_id"]], bs
-            return all_ids, bs
-        except KvbenchError:
-            col = self.df.get("prompt_token_ids")
-            if col is not None and col.notna().all():
-                return [block_hashes(np.asarray(t, dtype=np.int64), bs) for t in col], bs
-            return [np.asarray(h, dtype=np.int64) for h in self.df["hash_ids"]], self.trace.block_size
+    def _hash_lists(self, bs: int, source: str) -> list[np.ndarray]:
+        """Hash ids at the server's block size, so routers see the blocks the server caches.
+
+        Refused (before anything is sent) when that block size is not a multiple of the trace's: the
+        router and the ideal hit rate would otherwise count blocks the server never forms.
+        """
+        base = self.trace.block_size
+        if bs % base:
+            fine = math.gcd(bs, base)
+            raise fail(f"block size {bs} (from {source}) is not a multiple of the trace's block size {base} "
+                       f"({self.trace.path or 'trace'}); regenerate the trace with --block-size {fine} "
+                       f"or serve with a block size that is a multiple of {base}")
+        all_ids = self.trace.hash_ids_at(bs)
+        if len(self.df) == len(self.trace.df):
+            return all_ids
+        pos = {rid: k for k, rid in enumerate(self.trace.df["request_id"])}
+        return [all_ids[pos[rid]] for rid in self.df["request_id"]]
 
     # ------------------------------------------------------------------------------------------- run
     async def run(self) -> BackendResult:
         spec = self.spec
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session:
             pre = await preflight(session, self.target, spec.model)
             self.settings = ClientSettings(model=pre.model, api=spec.api, timeout_s=spec.timeout_s,
                                            return_token_ids=spec.history == "generated")
             config_snaps = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
             bs, bs_source = self._choose_block_size(config_snaps)
-            self.hashes, self.router_bs = self._hash_lists(bs)
-            num_blocks = next((s.num_blocks for s in config_snaps if s.num_blocks), None)
+            self.hashes, self.router_bs = self._hash_lists(bs, bs_source), bs
+            num_blocks = metrics.server_num_blocks(config_snaps)
             self.router = make_router(spec.router, RouterConfig(
                 workers=self.n, block_size=self.router_bs, seed=spec.seed, params=dict(spec.router_params),
                 cache_blocks=num_blocks))
@@ -237,7 +244,7 @@ class HttpReplay:
                     output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
                     prompt_token_ids=prompt.token_ids, prompt=prompt.text, session_id=row["session_id"])
                 out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]))
-            self._fill(row, out, worker, scheduled_s)
+            self._fill(row, out, worker)
             if history is not None:
                 history.record(prompt, out)
         except asyncio.CancelledError:
@@ -268,14 +275,16 @@ class HttpReplay:
                 break
             out = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, self.accepts_ids[w])
             if out.rejected_token_ids:
+                self.text_fallbacks[w] += 1
+                self.fallback_reason[w] = self.fallback_reason[w] or out.error
                 retry = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, use_ids=False)
                 if retry.status == "ok":
                     self.accepts_ids[w] = False
                     out = retry
             done_now = time.monotonic() - self.t0
+            ttft, e2e = _latencies(out)
             self.router.complete(req, w, done_now, Completion(
-                ttft_s=None if out.first_token is None else out.first_token - out.sent,
-                e2e_s=None if out.done is None else out.done - out.sent,
+                ttft_s=ttft, e2e_s=e2e,
                 cached_tokens=out.cached_tokens, output_tokens=out.completion_tokens or len(out.chunk_times),
                 ok=out.status == "ok"))
             if out.worker_lost and self.router.alive[w]:
@@ -288,7 +297,7 @@ class HttpReplay:
             last = Outcome(status="error", error="no live workers left to route to", done=time.monotonic())
         return last, last_w
 
-    def _fill(self, row: dict[str, Any], out: Outcome, worker: int, scheduled_s: float) -> None:
+    def _fill(self, row: dict[str, Any], out: Outcome, worker: int) -> None:
         t0 = self.t0
         rel = (lambda t: np.nan if t is None else t - t0)
         row["worker"] = worker
@@ -304,8 +313,9 @@ class HttpReplay:
         row["cached_tokens"] = out.cached_tokens
         if out.status != "ok":
             return
-        row["ttft_s"] = row["first_token_s"] - scheduled_s
-        row["e2e_s"] = row["done_s"] - scheduled_s
+        ttft, e2e = _latencies(out)
+        row["ttft_s"] = np.nan if ttft is None else ttft
+        row["e2e_s"] = np.nan if e2e is None else e2e
         if n_out > 1 and out.first_token is not None:
             row["tpot_s"] = (out.done - out.first_token) / (n_out - 1)
         row["itl_s"] = np.diff(np.asarray(out.chunk_times)).tolist() if len(out.chunk_times) > 1 else []
@@ -327,6 +337,9 @@ class HttpReplay:
             "history": self.spec.history,
             "prompt_format": ["token_ids" if ok else "text" for ok in self.accepts_ids]
             if self.spec.api == "completions" else ["chat"] * self.n,
+            "text_fallbacks": [{"url": u, "count": c, "first_reason": why}
+                               for u, c, why in zip(self.urls, self.text_fallbacks, self.fallback_reason)],
+            "latency_origin": LATENCY_ORIGIN,
             "block_size": bs,
             "block_size_source": bs_source,
             "router_block_size": self.router_bs,
@@ -345,7 +358,17 @@ class HttpReplay:
             "timeout_s": self.spec.timeout_s,
         }
         return BackendResult(rows=df, workers=list(self.urls), config=config,
-                             hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted)
+                             hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted,
+                             block_size=self.router_bs)
+
+
+def _latencies(out: Outcome) -> tuple[float | None, float | None]:
+    """(TTFT, end-to-end) counted from the moment the request was sent (what the row and router both use)."""
+    if out.sent is None:
+        return None, None
+    ttft = None if out.first_token is None else out.first_token - out.sent
+    e2e = None if out.done is None else out.done - out.sent
+    return ttft, e2e
 
 
 def run_http(spec: ReplaySpec, trace: Trace) -> BackendResult:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from kvbench.errors import fail
-from kvbench.hashing import block_hashes_many, mix64
+from kvbench.hashing import block_hashes_many, keyed_tokens
 from kvbench.workloads.arrivals import ArrivalSpec, arrival_times
 from kvbench.workloads.build import Rows, tracked, warn
 from kvbench.workloads.readers import Row, lengths_field, read_table, records
@@ -194,21 +194,19 @@ def synthesize_tokens(
     starts = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     pos = np.arange(total, dtype=np.int64) - starts[req]
-    salt = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    salt = seed & 0xFFFFFFFFFFFFFFFF
     keys = np.empty(total, dtype=np.uint64)
     if src_block:
         blk = pos // src_block
         has = blk < src_count[req]
     else:
         has = np.zeros(total, dtype=bool)
-    with np.errstate(over="ignore"):
-        if has.any():
-            sid = src_ids[src_start[req[has]] + blk[has]].view(np.uint64)
-            keys[has] = mix64(mix64(sid ^ _SALT_BLOCK ^ salt) + (pos[has] % src_block).astype(np.uint64))
-        rest = ~has
-        if rest.any():
-            uid = row_uid[req[rest]].astype(np.uint64)
-            keys[rest] = mix64(mix64(uid ^ _SALT_UNIQUE ^ salt) + pos[rest].astype(np.uint64))
+    if has.any():
+        sid = src_ids[src_start[req[has]] + blk[has]]
+        keys[has] = keyed_tokens(sid, pos[has] % src_block, int(_SALT_BLOCK) ^ salt)
+    rest = ~has
+    if rest.any():
+        keys[rest] = keyed_tokens(row_uid[req[rest]], pos[rest], int(_SALT_UNIQUE) ^ salt)
     return codec.ids_from_keys(keys)
 
 

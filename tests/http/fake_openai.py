@@ -48,6 +48,9 @@ class Received:
 @dataclass
 class FakeOpenAI:
     mode: str = "ok"  # ok | http500 | malformed | no_done | hang | reject_ids
+    reject_status: int = 400  # reject_ids: the answer to a token-id prompt
+    reject_body: dict = field(default_factory=lambda: {"error": {"message": "prompt must be a string"}})
+    cache_config: bool = True  # report vllm:cache_config_info in /metrics
     ttft_s: float = 0.0
     token_delay_s: float = 0.0
     block_size: int = 16
@@ -133,12 +136,13 @@ class FakeOpenAI:
             "# TYPE vllm:prefix_cache_queries_total counter",
             f'vllm:prefix_cache_queries_total{{engine="0",model_name="{self.model}"}} {float(self.queries)}',
             f'vllm:prefix_cache_hits_total{{engine="0",model_name="{self.model}"}} {float(self.hits)}',
-            (f'vllm:cache_config_info{{block_size="{self.block_size}",num_gpu_blocks="512",'
-             f'enable_prefix_caching="True",engine="0"}} 1.0'),
             'vllm:kv_cache_usage_perc{engine="0"} 0.0',
             f'vllm:time_to_first_token_seconds_sum{{engine="0"}} {self.ttft_sum}',
             f'vllm:time_to_first_token_seconds_count{{engine="0"}} {float(self.ttft_count)}',
         ]
+        if self.cache_config:
+            lines.append(f'vllm:cache_config_info{{block_size="{self.block_size}",num_gpu_blocks="512",'
+                         f'enable_prefix_caching="True",engine="0"}} 1.0')
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def reset_cache(self, request):
@@ -173,7 +177,7 @@ class FakeOpenAI:
         if self.mode == "http500":
             return web.json_response({"error": {"message": "boom", "code": 500}}, status=500)
         if self.mode == "reject_ids" and isinstance(body.get("prompt"), list):
-            return web.json_response({"error": {"message": "prompt must be a string"}}, status=400)
+            return web.json_response(self.reject_body, status=self.reject_status)
         self._inflight[id(request)] = request
         try:
             return await self._stream(request, body, t)

@@ -81,3 +81,33 @@ def test_ctrl_c_keeps_what_was_gathered(tmp_path, fake_server):
     cancelled = df[df["status"] == "cancelled"]
     assert 3 <= len(ok) < 40 and len(cancelled) == 40 - len(ok)
     assert np.isnan(cancelled["sent_s"]).sum() >= len(cancelled) - 1  # at most one was in flight
+
+
+def test_timeout_flag_is_the_only_request_limit(tmp_path, fake_server, monkeypatch):
+    """aiohttp's session default (total=300 s) must not cut requests before --timeout: shrink that default
+    below --timeout and the error must still name --timeout's limit."""
+    import aiohttp
+    import aiohttp.client
+
+    monkeypatch.setattr(aiohttp.client, "DEFAULT_TIMEOUT", aiohttp.ClientTimeout(total=0.1, sock_connect=30))
+    srv = fake_server(mode="hang")
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False, timeout_s=0.5), open_loop_trace(1, 0.0))
+    assert res.rows["error"].tolist() == [f"{srv.url}/v1/completions: timed out after 0.5s"]
+
+
+TOO_LONG = {"error": {"message": "This model's maximum context length is 32 tokens. However, your request has "
+                                 "40 input tokens. Please reduce the length of the input prompt.",
+                      "type": "BadRequestError", "param": "prompt", "code": 400}}
+UNKNOWN_FIELD = {"detail": [{"type": "extra_forbidden", "loc": ["body", "min_tokens"], "msg": "Extra inputs are "
+                             "not permitted", "input": {"prompt": [1, 2, 3], "model": "m"}}]}
+
+
+@pytest.mark.parametrize("status, body", [(400, TOO_LONG), (422, UNKNOWN_FIELD)], ids=["too_long", "unknown_field"])
+def test_unrelated_400_is_an_error_not_a_switch_to_text(tmp_path, fake_server, status, body):
+    srv = fake_server(mode="reject_ids", reject_status=status, reject_body=body)
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), open_loop_trace(3, 0.01))
+    assert (res.rows["status"] == "error").all()
+    assert res.rows["error"].str.contains(f"HTTP {status}").all()
+    assert res.config["prompt_format"] == ["token_ids"]
+    assert res.config["text_fallbacks"][0]["count"] == 0
+    assert all(isinstance(r.body["prompt"], list) for r in srv.received)  # nothing re-sent as text

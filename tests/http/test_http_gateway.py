@@ -132,3 +132,15 @@ def test_request_token_ids_for_every_prompt_shape():
                                                 {"role": "user", "content": [{"type": "text", "text": "b"}]}]}, tok)
     assert text == "a\nb" and len(ids) == 2
     assert json.dumps(request_token_ids({}, tok)) == "[[], null]"
+
+
+async def _health(url):
+    async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+        return await r.json()
+
+
+@pytest.mark.parametrize("server_bs, flag_bs, expect", [(32, None, 32), (None, None, 16), (32, 64, 64)])
+def test_gateway_block_size_comes_from_the_shared_discovery(fake_server, gateway, server_bs, flag_bs, expect):
+    w = fake_server(block_size=server_bs or 16, cache_config=server_bs is not None)
+    g = gateway(workers=[w.url], block_size=flag_bs)
+    assert asyncio.run(_health(g.url))["block_size"] == expect

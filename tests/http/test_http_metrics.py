@@ -32,6 +32,18 @@ def test_parse_sums_label_sets_and_reads_cache_config():
     assert labels[0]["model_name"] == 'm "q"'
 
 
+def test_one_cache_config_parser_and_block_size_choice():
+    assert metrics.parse_cache_config(SAMPLE) == {"block_size": "32", "num_gpu_blocks": "1024", "cache_dtype": "auto"}
+    assert metrics.parse_cache_config("vllm:prefix_cache_hits_total 1.0\n") == {}
+    bare = metrics.MetricsSnapshot.from_text("a", "")
+    full = metrics.MetricsSnapshot.from_text("b", SAMPLE)
+    fallbacks = [(None, "cluster.json"), (48, "--block-size")]
+    assert metrics.choose_block_size([bare, full], fallbacks) == (32, "server /metrics cache_config_info")
+    assert metrics.choose_block_size([bare], fallbacks) == (48, "--block-size")
+    assert metrics.choose_block_size([bare], [(64, "cluster.json"), *fallbacks]) == (64, "cluster.json")
+    assert metrics.server_num_blocks([bare, full]) == 1024 and metrics.server_num_blocks([bare]) is None
+
+
 def test_counter_deltas_and_histogram_mean():
     before = metrics.MetricsSnapshot.from_text("u", SAMPLE)
     after = metrics.MetricsSnapshot.from_text("u", SAMPLE.replace("96.0", "146.0").replace("200.0", "300.0")

@@ -122,6 +122,8 @@ def test_token_id_prompts_fall_back_to_text(tmp_path, fake_server):
     assert res.config["prompt_format"] == ["text"]
     assert isinstance(srv.received[-1].body["prompt"], str)
     assert list(res.rows["input_tokens"]) == [40, 40, 40]  # builtin text round-trips to the same length
+    fallback = res.config["text_fallbacks"][0]
+    assert fallback["count"] >= 1 and "prompt must be a string" in fallback["first_reason"]
 
 
 def test_hash_only_trace_gets_prefix_preserving_prompts(tmp_path, fake_server):
@@ -141,3 +143,60 @@ def test_concurrency_cap_limits_in_flight(tmp_path, fake_server):
     sent = np.sort(res.rows["sent_s"].to_numpy())
     assert (res.rows["status"] == "ok").all()
     assert sent[2] >= sent[0] + 0.09 and sent[4] >= sent[2] + 0.09
+
+
+def test_latencies_count_from_send_not_from_client_queue(tmp_path, fake_server, monkeypatch):
+    """Like vllm bench serve, TTFT/E2E start when the request is sent; waiting for a --max-concurrency slot
+    shows as sent_s - arrival_s, and the router learns the same TTFT as the row records."""
+    import kvbench.http.replay as http_replay
+
+    learned: dict[str, float] = {}
+    real_make = http_replay.make_router
+
+    def recording_router(*args, **kw):
+        router = real_make(*args, **kw)
+        complete = router.complete
+
+        def spy(req, worker, now, c):
+            learned[req.request_id] = c.ttft_s
+            return complete(req, worker, now, c)
+
+        router.complete = spy
+        return router
+
+    monkeypatch.setattr(http_replay, "make_router", recording_router)
+    srv = fake_server(ttft_s=0.02)
+    res = run_http(spec_for(tmp_path, [srv.url], max_concurrency=1, reset_cache=False),
+                   open_loop_trace(4, gap_s=0.0))
+    df = res.rows.sort_values("sent_s").reset_index(drop=True)
+    assert (df["status"] == "ok").all() and (df["arrival_s"] == 0.0).all()
+    assert (df["sent_s"].iloc[1:].to_numpy() >= df["done_s"].iloc[:-1].to_numpy()).all()  # one at a time
+    np.testing.assert_allclose(df["ttft_s"], df["first_token_s"] - df["sent_s"], atol=1e-9)
+    np.testing.assert_allclose(df["e2e_s"], df["done_s"] - df["sent_s"], atol=1e-9)
+    assert (df["ttft_s"].iloc[1:] < (df["first_token_s"] - df["arrival_s"]).iloc[1:]).all()  # queueing excluded
+    np.testing.assert_allclose([learned[r] for r in df["request_id"]], df["ttft_s"], atol=1e-9)
+    assert "measured from sent_s" in res.config["latency_origin"]
+
+
+def test_result_reports_the_block_size_really_used(tmp_path, fake_server):
+    srv = fake_server(block_size=32)
+    res = run_http(spec_for(tmp_path, [srv.url], block_size=16), open_loop_trace(2, 0.0))
+    assert res.block_size == 32 and res.config["block_size_source"] == "server /metrics cache_config_info"
+    quiet = fake_server(cache_config=False)  # no cache_config_info: --block-size is what the router hashes at
+    res = run_http(spec_for(tmp_path, [quiet.url], block_size=48), open_loop_trace(2, 0.0))
+    assert res.block_size == 48 and res.config["router_block_size"] == 48
+
+
+@pytest.mark.parametrize("server_bs, flag_bs, source", [(24, 16, "server /metrics"), (None, 40, "--block-size")])
+def test_block_size_not_a_multiple_of_the_trace_fails_before_sending(tmp_path, fake_server, server_bs, flag_bs,
+                                                                     source):
+    from kvbench.errors import KvbenchError
+
+    srv = fake_server(block_size=server_bs or 16, cache_config=server_bs is not None)
+    with pytest.raises(KvbenchError) as exc:
+        run_http(spec_for(tmp_path, [srv.url], block_size=flag_bs), open_loop_trace(2, 0.0))
+    msg = str(exc.value)
+    bad = server_bs or flag_bs
+    assert f"block size {bad}" in msg and "block size 16" in msg and source in msg and "\n" not in msg
+    assert "--block-size 8" in msg  # gcd(bad, 16): a trace block size that divides the server's
+    assert srv.received == []  # not a single completion (not even the hygiene probe) was sent
