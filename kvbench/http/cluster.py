@@ -30,6 +30,7 @@ import typer
 
 from kvbench.errors import fail
 from kvbench.fsutil import write_json_atomic
+from kvbench.http.metrics import int_or_none, parse_cache_config
 from kvbench.http.model import kv_bytes_per_token
 from kvbench.params import parse_key_values
 from kvbench.vllm_plugin.config import NATIVE, PolicyConfig, check_policy
@@ -40,7 +41,6 @@ DEFAULT_CPU_KV_TOKENS = 8192
 DEFAULT_CPU_BLOCK = 32
 POLICY_MARKER = "kvbench eviction policy"  # logged by kvbench.vllm_plugin.block_pool at pool creation
 READY_LINE = "Application startup complete"  # uvicorn, once the API server listens
-_LABELS = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -186,17 +186,7 @@ def cache_config(url: str) -> dict[str, str]:
         _, text = _get(f"{url}/metrics", timeout=10)
     except (OSError, urllib.error.URLError):
         return {}
-    for line in text.splitlines():
-        if line.startswith("vllm:cache_config_info{"):
-            return dict(_LABELS.findall(line[: line.rindex("}")]))
-    return {}
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "None", "") else None
-    except ValueError:
-        return None
+    return parse_cache_config(text)
 
 
 def log_tail(path: str | Path) -> str:
@@ -344,9 +334,9 @@ def describe(w: StartedWorker, startup_s: float | None) -> WorkerInfo:
     info = WorkerInfo(url=w.url, port=w.opts.port, pid=w.proc.pid, log=str(w.log), eviction=w.opts.eviction,
                       seed=w.opts.seed, gpu=w.opts.gpu, startup_s=None if startup_s is None else round(startup_s, 2),
                       model=w.opts.served_model_name or w.opts.model)
-    info.block_size = _int(cfg.get("block_size")) or w.opts.block_size
-    info.kv_cache_blocks = _int(cfg.get("num_gpu_blocks"))
-    info.kv_cache_tokens = _int(cfg.get("kv_cache_size_tokens"))
+    info.block_size = int_or_none(cfg.get("block_size")) or w.opts.block_size
+    info.kv_cache_blocks = int_or_none(cfg.get("num_gpu_blocks"))
+    info.kv_cache_tokens = int_or_none(cfg.get("kv_cache_size_tokens"))
     if info.kv_cache_tokens is None and info.kv_cache_blocks and info.block_size:
         info.kv_cache_tokens = info.kv_cache_blocks * info.block_size
     if w.opts.kv_events_port is not None:

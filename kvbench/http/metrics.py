@@ -77,11 +77,11 @@ class MetricsSnapshot:
 
     @property
     def block_size(self) -> int | None:
-        return _int_or_none(self.cache_config.get("block_size"))
+        return int_or_none(self.cache_config.get("block_size"))
 
     @property
     def num_blocks(self) -> int | None:
-        return _int_or_none(self.cache_config.get("num_gpu_blocks"))
+        return int_or_none(self.cache_config.get("num_gpu_blocks"))
 
     def to_json(self) -> dict[str, Any]:
         return {"url": self.url, "values": self.values, "cache_config": self.cache_config, "error": self.error}
@@ -119,7 +119,7 @@ def server_num_blocks(snaps: list[MetricsSnapshot]) -> int | None:
     return next((s.num_blocks for s in snaps if s.num_blocks), None)
 
 
-def _int_or_none(v: str | None) -> int | None:
+def int_or_none(v: str | None) -> int | None:
     try:
         return int(float(v)) if v not in (None, "", "None") else None
     except ValueError:
