@@ -9,6 +9,7 @@ For a request and each live worker ``w`` the router predicts a latency and picks
 - ``load(w, now)``: outstanding work in tokens; routing a request adds its uncached tokens, and the sum
   decays by ``load_decay`` every ``decay_interval_s`` (the paper's code: 31/32 every 20 ms), applied
   continuously as ``load_decay ** (dt / decay_interval_s)`` so it does not depend on when it is read.
+  When a request completes, what is left of its decayed increment is subtracted (as the paper's code does).
 - ``residual_w``: per worker recursive least squares with forgetting factor ``forgetting`` (paper: 0.992)
   on ``x = (1, uncached/1000, load/1000)`` (``features=full``) or ``x = (1,)`` (``features=const``, the
   paper's code), fitted on completions to ``observed - (service + load terms)``; the observed latency is
@@ -116,14 +117,19 @@ class LbgrRouter(Router):
         else:
             x, base, uncached = got
         self._last.clear()
-        self.pending[req.request_id] = (x, base)
+        self.pending[req.request_id] = (x, base, uncached, now)
         self.load_at(worker, now)
         self.load[worker] += uncached
         self.view.insert(worker, req.hash_ids)
 
     def on_complete(self, req: RouteRequest, worker: int, now: float, result: Completion) -> None:
-        x, base = self.pending.pop(req.request_id, (None, 0.0))
-        if x is None or not result.ok:
+        x, base, added, routed_at = self.pending.pop(req.request_id, (None, 0.0, 0, now))
+        if x is None:
+            return
+        # the finished request's work leaves the load: what is left of its (decayed) increment
+        remaining = added * float(np.exp(self.log_decay * max(0.0, now - routed_at)))
+        self.load[worker] = max(0.0, self.load_at(worker, now) - remaining)
+        if not result.ok:
             return
         observed = result.ttft_s if self.params["target"] == "ttft" else result.e2e_s
         if observed is None:

@@ -197,7 +197,7 @@ def test_lbgr_learns_constant_per_worker_offset():
         r.outstanding[w] += 1
         r.outstanding_tokens[w] += tokens + 4
         r.on_routed(q, w, t)
-        x, base = r.pending[q.request_id]
+        x, base = r.pending[q.request_id][:2]
         observed = base + offsets[w] + float(rng.normal(0, 0.002))
         r.complete(q, w, t + observed, Completion(ttft_s=observed, e2e_s=observed, cached_tokens=0,
                                                   output_tokens=4))
@@ -219,3 +219,11 @@ def test_lbgr_residual_never_rewards_load():
     plain = make_router("lbgr", RouterConfig(workers=2, seed=0, params={"monotone": False}))
     plain.models[0].theta = np.array([0.1, 0.0, -5.0])
     assert plain.residual(0, loaded) < plain.residual(0, idle)
+
+
+def test_lbgr_completion_removes_what_is_left_of_its_load():
+    r = make_router("lbgr", RouterConfig(workers=1, params={"load_decay": 0.5, "decay_interval_s": 0.1}))
+    q = RouteRequest("a", 1000, 4, np.arange(62, dtype=np.int64) + 5000)
+    r.route(q, 0.0)
+    r.complete(q, 0, 0.1, Completion(ttft_s=0.05, e2e_s=0.1, cached_tokens=0, output_tokens=4))
+    assert r.load_at(0, 0.1) == pytest.approx(0.0, abs=1e-9)
