@@ -21,8 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -30,13 +28,16 @@ import numpy as np
 import pandas as pd
 from figures import FigureSet
 
+from kvbench.hashing import block_hashes
 from kvbench.http import metrics
+from kvbench.http.cluster import WorkerOptions, start_workers, stop_pid
 from kvbench.http.hygiene import post_reset
 from kvbench.http.replay import run_http
 from kvbench.replay import ReplaySpec
 from kvbench.results import compute_summary
 from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
 from kvbench.trace import Trace, TraceMeta
+from kvbench.vllm_plugin.config import NATIVE
 
 TTFT = "vllm:time_to_first_token_seconds"
 VLLM_BENCH = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
@@ -44,39 +45,19 @@ VLLM_BENCH = ("import sys; from vllm.benchmarks.serve import add_cli_args, main;
               "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
 
-def start_worker(model: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_SERVER_DEV_MODE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", "127.0.0.1", "--port", str(port), "--kv-cache-memory-bytes", "32M", "--block-size", "32",
-           "--enable-prefix-caching", "--enable-prompt-tokens-details", "--enforce-eager",
-           "--max-model-len", "4096", "--max-num-seqs", "32"]
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vLLM exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1)
-    proc.terminate()
-    raise SystemExit(f"vLLM did not become healthy in 240 s; see {log}")
-
-
 def make_requests(n: int, rate: float, input_words: int, output_tokens: int, seed: int) -> Trace:
     rng = np.random.default_rng(seed)
     tok = BuiltinTokenizer()
-    prompts = [tok.decode(rng.integers(0, WORD_COUNT, input_words)) for _ in range(n)]
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, n)) - 0  # Poisson, like `vllm bench serve --burstiness 1`
+    ids = [rng.integers(0, WORD_COUNT, input_words) for _ in range(n)]
+    prompts = [tok.decode(x) for x in ids]  # built-in words round-trip exactly: ids are the text's tokens
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, n))  # Poisson, like `vllm bench serve --burstiness 1`
     arrivals -= arrivals[0]
     df = pd.DataFrame({"request_id": [f"q{i}" for i in range(n)], "arrival_s": arrivals, "prompt": prompts,
                        "input_tokens": input_words, "output_tokens": output_tokens, "user_tokens": input_words,
                        "session_id": None, "turn": 0, "think_s": 0.0, "group_id": None,
-                       "prompt_token_ids": None, "hash_ids": [[] for _ in range(n)]})
-    # text-only prompts: both clients send identical strings; hash ids are unused by round_robin on one worker
-    return Trace(df=df, meta=TraceMeta(generator="bench_http", block_size=10 ** 6))
+                       "prompt_token_ids": None, "hash_ids": [block_hashes(x, 16).tolist() for x in ids]})
+    # text prompts only (no token ids), so kvbench and `vllm bench serve` send identical strings
+    return Trace(df=df, meta=TraceMeta(generator="bench_http", block_size=16))
 
 
 async def _scrape(url: str) -> metrics.MetricsSnapshot:
@@ -131,11 +112,13 @@ def main() -> None:
         from kvbench.http.model import build_tiny_model
 
         model = build_tiny_model(work / "tiny")
-    proc = None
+    started = []
     url = a.url
-    if url is None:
-        proc = start_worker(model, a.port, work / "vllm.log")
-        url = f"http://127.0.0.1:{a.port}"
+    if url is None:  # one worker with vLLM's own eviction, started the way `kvbench cluster up --cpu` does
+        opts = WorkerOptions(model=str(model), port=a.port, eviction=NATIVE, block_size=32, kv_cache_tokens=8192,
+                             max_model_len=4096, extra_args=["--max-num-seqs", "32"])
+        started = start_workers([opts], work / "logs", timeout=300, progress=False)
+        url = started[0].url
     try:
         trace = make_requests(a.requests, a.rate, a.input_words, a.output_tokens, a.seed)
         warm = ReplaySpec(trace=work / "t", output=work / "o", target=url, progress=False, max_requests=4,
@@ -158,9 +141,8 @@ def main() -> None:
         after = asyncio.run(_scrape(url))
         vb_server = metrics.histogram_mean_delta(before, after, TTFT)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(60)
+        for w in started:
+            stop_pid(w.pid, port=w.port)
 
     lag = res.config["send_lag"]
     print(f"one vLLM worker, model {model.name}, {a.requests} requests, Poisson {a.rate:g} req/s, "
