@@ -48,8 +48,9 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def on_remove(self, key: int) -> None: ...
 
-    def evictable_count(self) -> int:  # pragma: no cover - overridden where cheap
-        raise NotImplementedError
+    @abstractmethod
+    def evictable_count(self) -> int:
+        """Blocks the policy could return from ``victim`` now (owners check their own count against it)."""
 
     def clear(self, keys: Iterable[int] = ()) -> None:
         for k in keys:
