@@ -17,6 +17,7 @@ A spec (``workloads/*.toml``) names its source setup and fixes everything a repr
     cache_tokens = 200000
     eviction = ["lru", "rlt"]        # lists: the cross product is run
     router = ["cache_aware", "lbgr"]
+    router_params = { cache_aware = { defaults = "library" } }   # per router (eviction_params likewise)
 
     [sweep]                  # optional: one parameter varied across values
     field = "cache_tokens"   # a ReplaySpec field, or "generate.<option>"
@@ -81,6 +82,8 @@ class Experiment:
     sweep_field: str | None = None
     sweep_values: list[Any] = field(default_factory=list)
     paper: dict[str, Any] = field(default_factory=dict)
+    router_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per router name
+    eviction_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per policy name
 
 
 def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
@@ -114,6 +117,13 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
     if unknown:
         raise fail(f"{where}: unknown [replay] field(s) {', '.join(sorted(unknown))}; "
                    f"valid: {', '.join(sorted(_REPLAY_FIELDS))}")
+    per_name = {}
+    for key, names in (("router_params", "router"), ("eviction_params", "eviction")):
+        table = replay.pop(key, {})
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise fail(f"{where}: [replay] {key} must map a {names} name to a table, "
+                       f"e.g. {key} = {{ cache_aware = {{ defaults = \"library\" }} }}")
+        per_name[key] = table
     lists = {}
     for key in _LIST_FIELDS:
         val = replay.pop(key, ReplaySpec.__dataclass_fields__[key].default)
@@ -137,6 +147,7 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
         offline=str(data.get("offline", "")), seeds=seeds, gen_kind=str(gen["kind"]), gen_args=dict(gen.get("args", {})),
         replay=replay, evictions=lists["eviction"], routers=lists["router"], sweep_field=sweep_field,
         sweep_values=sweep_values, paper=dict(data.get("paper", {})),
+        router_params=per_name["router_params"], eviction_params=per_name["eviction_params"],
     )
 
 
@@ -194,9 +205,11 @@ def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tu
             gens[trace] = ["generate", exp.gen_kind, *_cli_args(gen_args), "--seed", str(seed), "-o", str(trace)]
             for ev, rt in itertools.product(evictions, exp.routers):
                 run_dir = out / "runs" / (vtag or "base") / f"{ev}-{rt}" / f"seed{seed}"
+                per_combo = {**replay, "router_params": exp.router_params.get(rt, {}),
+                             "eviction_params": exp.eviction_params.get(ev, {})}
                 spec = ReplaySpec(trace=trace, output=run_dir, eviction=ev, router=rt, seed=seed,
                                   name=f"{exp.name}/{vtag + '/' if vtag else ''}{ev}+{rt}/seed{seed}",
-                                  progress=False, **replay)
+                                  progress=False, **per_combo)
                 if target:
                     spec = replace(spec, target=target)
                 jobs.append(Job(spec=spec, seed=seed, sweep_value=value, eviction=ev, router=rt))

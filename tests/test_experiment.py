@@ -23,7 +23,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_every_spec_names_its_source():
-    assert len(SPECS) >= 13
+    assert len(SPECS) >= 14
     for spec in SPECS:
         exp = load_spec(spec)
         assert exp.source and exp.offline, f"{spec.name}: source and offline notes are required"
@@ -125,3 +125,15 @@ def test_a_real_target_runs_one_replay_at_a_time(tmp_path: Path, monkeypatch):
     res = run_experiment(ROOT / "workloads" / "quickstart.toml", tmp_path / "out", target=str(cluster), jobs_n=2,
                          progress=False, reduced=True, report=False)
     assert res["ran"] == len(ran) >= 2 and set(ran) == {str(cluster)}
+
+
+def test_router_params_are_per_router(tmp_path: Path):
+    exp = load_spec(ROOT / "workloads" / "rlt-gsp-sglang046.toml", reduced=True)
+    _, jobs = plan(exp, tmp_path / "out")
+    by_router = {j.router: j.spec.router_params for j in jobs}
+    assert by_router["cache_aware"] == {"defaults": "sglang-0.4.6", "fallback": "smallest_tree"}
+    assert by_router["lbgr"] == {}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[generate]\nkind = "gsp"\n[replay]\nrouter_params = { defaults = "cli" }\n')
+    with pytest.raises(KvbenchError, match="router_params must map"):
+        load_spec(bad)

@@ -12,7 +12,8 @@ For each request, with ``load`` = the router's outstanding requests per live wor
 The prompt unit is characters when the request carries text, else token ids (else block hashes). Two
 default sets exist upstream and both are selectable with ``defaults=cli|library``: the Python launcher's
 CLI (cache_threshold 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5) and the Rust library
-config (0.5, 32, 1.1). Explicit parameters override the chosen set. Every ``eviction_interval_s`` of the
+config (0.5, 32, 1.1); ``defaults=sglang-0.4.6`` is the router of the RLT paper's baseline (0.5, 32, 1.0001,
+used with ``fallback=smallest_tree``). Explicit parameters override the chosen set. Every ``eviction_interval_s`` of the
 caller's clock each tree is pruned (LRU leaves first) to ``max_tree_size`` symbols.
 """
 
@@ -25,6 +26,8 @@ from kvbench.routing.radix import RadixTree, symbols
 DEFAULT_SETS = {
     "cli": {"cache_threshold": 0.3, "balance_abs_threshold": 64, "balance_rel_threshold": 1.5},
     "library": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.1},
+    # the sgl-router the RLT paper's baseline ran (SGLang 0.4.6); pair it with fallback=smallest_tree
+    "sglang-0.4.6": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.0001},
 }
 
 
@@ -44,7 +47,8 @@ class CacheAwareRouter(Router):
         super().__init__(config)
         which = self.params["defaults"]
         if which not in DEFAULT_SETS:
-            raise fail(f"--router-param defaults={which}: cache_aware default sets are 'cli' or 'library'")
+            raise fail(f"--router-param defaults={which}: cache_aware default sets are "
+                       f"{', '.join(repr(k) for k in DEFAULT_SETS)}")
         chosen = DEFAULT_SETS[which]
         given = {k: v for k, v in config.params.items() if k in chosen}
         typed = resolve_params(self.name, chosen, given)  # converts strings to the set's types
