@@ -39,7 +39,6 @@ import csv
 import io
 import itertools
 import json
-import tomllib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 import typer
 
 from kvbench.errors import KvbenchError, fail
-from kvbench.fsutil import write_text_atomic
+from kvbench.fsutil import read_toml, write_text_atomic
 from kvbench.replay import ReplaySpec
 
 SUMMARY_METRICS = (
@@ -90,10 +89,7 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
     p = Path(path)
     if not p.exists():
         raise fail(f"{p}: no such spec file; see workloads/ for examples")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise fail(f"{p}: invalid TOML ({exc})") from None
+    data = read_toml(p, str(p))
     where = str(p)
     for key in ("name", "generate", "replay"):
         if key not in data:

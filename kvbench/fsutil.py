@@ -7,8 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
+
+from kvbench.errors import fail
 
 
 def _umask() -> int:
@@ -58,3 +61,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_toml(path: Path, label: str) -> dict[str, Any]:
+    """Parse a TOML file; a syntax error becomes one line naming ``label`` (a flag or the file)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"{label}: invalid TOML ({exc})") from None

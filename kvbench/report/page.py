@@ -3,7 +3,7 @@
 Two escaping rules keep text from runs, traces and configs inert:
 - text in HTML goes through ``html.escape`` (:func:`esc`);
 - JSON inside ``<script>`` has ``<``, ``>``, ``&`` (and the JavaScript line separators) written as
-  ``\\uXXXX`` escapes (:func:`script_json`), so no string can close the script element or open a comment.
+  ``\\u003c``-style escapes (:func:`script_json`), so no string can close the script element or open a comment.
 """
 
 from __future__ import annotations

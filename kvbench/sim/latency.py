@@ -17,16 +17,14 @@ reads. Coefficients live in a TOML profile (``kvbench/profiles/*.toml`` or a pat
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from kvbench.errors import fail
+from kvbench.fsutil import read_toml
 
 COEFFICIENTS = ("step_base_s", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s")
 DEFAULT_PROFILE = "llama31-8b-a100"
@@ -87,11 +85,7 @@ def load_profile(name_or_path: str) -> LatencyProfile:
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
             raise fail(f"--profile {p}: no such profile file; built-in profiles: {', '.join(builtin_profiles())}")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise fail(f"--profile {p}: invalid TOML ({exc})") from None
-        return parse_profile(data, str(p))
+        return parse_profile(read_toml(p, f"--profile {p}"), str(p))
     if name_or_path not in builtin_profiles():
         raise fail(f"--profile {name_or_path}: unknown profile (built-in: {', '.join(builtin_profiles())}; "
                    f"or give a .toml path, e.g. from `kvbench calibrate`)")
