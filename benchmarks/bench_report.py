@@ -49,9 +49,9 @@ def write_runs(root: Path, runs: int, requests: int) -> None:
 
 def browser_render_ms(page: Path) -> tuple[float, float] | None:
     """(wall seconds to load and draw, in-page ms until the last chart resolved), or None without Chromium."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "report"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
-        from report_cdp import find_chromium, load_page
+        from tests.report.report_cdp import find_chromium, load_page
     except ImportError:
         return None
     chromium = find_chromium()

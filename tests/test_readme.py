@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from readme_blocks import README, readme_commands
+from tests.readme_blocks import README, readme_commands
 
 
 def test_readme_sim_examples_run(tmp_path):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from readme_blocks import readme_commands
+from tests.readme_blocks import readme_commands
 
 pytestmark = pytest.mark.vllm
 

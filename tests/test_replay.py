@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent / "sim"))
-from sim_traces import make_trace  # noqa: E402
+from tests.sim.sim_traces import make_trace
 
-from kvbench.cli import app  # noqa: E402
-from kvbench.errors import KvbenchError  # noqa: E402
-from kvbench.params import parse_key_values  # noqa: E402
-from kvbench.replay import ReplaySpec, plan_sweep, run_sweep  # noqa: E402
-from kvbench.results import read_run  # noqa: E402
+from kvbench.cli import app
+from kvbench.errors import KvbenchError
+from kvbench.params import parse_key_values
+from kvbench.replay import ReplaySpec, plan_sweep, run_sweep
+from kvbench.results import read_run
 
 
 @pytest.fixture

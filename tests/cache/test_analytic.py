@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cache_drivers import build, run_sequential
+from tests.cache.cache_drivers import build, run_sequential
 
 from kvbench.cache import PrefixCache, make_policy
 

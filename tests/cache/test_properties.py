@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cache_drivers import ONLINE, KeyChains, build, run_sequential
+from tests.cache.cache_drivers import ONLINE, KeyChains, build, run_sequential
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

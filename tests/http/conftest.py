@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from fake_openai import FakeOpenAI
+from tests.http.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

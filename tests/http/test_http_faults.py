@@ -9,8 +9,8 @@ import threading
 
 import numpy as np
 import pytest
-from fake_openai import free_port
-from http_helpers import open_loop_trace, spec_for
+from tests.http.fake_openai import free_port
+from tests.http.http_helpers import open_loop_trace, spec_for
 
 from kvbench.errors import KvbenchError
 from kvbench.http.replay import run_http

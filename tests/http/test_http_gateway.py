@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from fake_openai import free_port
+from tests.http.fake_openai import free_port
 
 from kvbench.http.gateway import Gateway, GatewayConfig, request_token_ids
 from kvbench.tokenizer import BuiltinTokenizer

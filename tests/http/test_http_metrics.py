@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from http_helpers import open_loop_trace, spec_for
+from tests.http.http_helpers import open_loop_trace, spec_for
 
 from kvbench.errors import KvbenchError
 from kvbench.http import metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from http_helpers import make_trace, open_loop_trace, spec_for
+from tests.http.http_helpers import make_trace, open_loop_trace, spec_for
 
 from kvbench.http.replay import run_http
 from kvbench.results import compute_summary, requests_table

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from report_strings import IMG, XSS
+from tests.report.report_strings import IMG, XSS
 
 from kvbench.report.synthetic import write_synthetic_run
 from kvbench.results import read_run, write_run

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_cdp import find_chromium, load_page
+from tests.report.report_cdp import find_chromium, load_page
 
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs

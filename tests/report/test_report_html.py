@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import plotly
-from report_strings import IMG, XSS
+from tests.report.report_strings import IMG, XSS
 
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs

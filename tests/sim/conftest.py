@@ -1,5 +1,5 @@
 import pytest
-from sim_traces import make_trace
+from tests.sim.sim_traces import make_trace
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sim_traces import make_trace
+from tests.sim.sim_traces import make_trace
 
 from kvbench.replay import ReplaySpec, run_replay
 from kvbench.results import read_run

