@@ -57,14 +57,14 @@ def test_cli_single_run_writes_results(tmp_path, trace):
     out = tmp_path / "run1"
     res = CliRunner().invoke(app, ["replay", str(trace), "--target", "sim", "--workers", "2", "--cache-tokens",
                                    "2000", "--block-size", "32", "--eviction", "rlt", "--router", "lbgr",
-                                   "--router-param", "forgetting=0.99", "--seed", "0", "-o", str(out),
+                                   "--router-param", "rls_lambda=0.99", "--seed", "0", "-o", str(out),
                                    "--no-progress", "--name", "demo"])
     assert res.exit_code == 0, res.output
     run = read_run(out)
     cfg = run.config
     assert cfg["name"] == "demo" and cfg["eviction"] == "rlt" and cfg["router"] == "lbgr"
     assert cfg["block_size"] == 32 and cfg["workers"] == ["sim-0", "sim-1"]
-    assert cfg["backend_config"]["router_state"]["forgetting"] == 0.99
+    assert cfg["backend_config"]["router_state"]["rls_lambda"] == 0.99
     assert len(cfg["trace_file"]["sha256"]) == 64 and cfg["trace_file"]["meta"]["generator"] == "test"
     assert cfg["backend_config"]["profile"]["coefficients"]["step_base_s"] > 0
     assert set(cfg["summary"]["hit_rates"]) >= {"requests", "ideal", "cache_counters", "server_counters"}

@@ -10,6 +10,7 @@ from kvbench.routing.base import Completion, Router, RouterConfig, RouteRequest
 from kvbench.routing.cache_aware import CacheAwareRouter
 from kvbench.routing.kv_cost import KvCostRouter
 from kvbench.routing.lbgr import LbgrRouter
+from kvbench.routing.lbgr_ext import LbgrExtRouter
 from kvbench.routing.least_load import LeastLoadRouter
 from kvbench.routing.llmd import LlmdRouter
 from kvbench.routing.power_of_two import PowerOfTwoRouter
@@ -20,7 +21,7 @@ from kvbench.routing.round_robin import RoundRobinRouter
 _CLASSES: dict[str, type[Router]] = {
     cls.name: cls
     for cls in (RandomRouter, RoundRobinRouter, LeastLoadRouter, PowerOfTwoRouter, PrefixHashRouter,
-                CacheAwareRouter, KvCostRouter, LlmdRouter, LbgrRouter)
+                CacheAwareRouter, KvCostRouter, LlmdRouter, LbgrRouter, LbgrExtRouter)
 }
 ROUTERS: tuple[str, ...] = tuple(_CLASSES)
 

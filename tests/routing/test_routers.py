@@ -15,7 +15,7 @@ def req(i, tokens=64, hashes=None, session=None, ids=None, prompt=None):
 
 def test_registry_lists_all_and_rejects_unknown():
     assert set(ROUTERS) >= {"random", "round_robin", "least_load", "power_of_two", "prefix_hash",
-                            "cache_aware", "kv_cost", "llmd", "lbgr"}
+                            "cache_aware", "kv_cost", "llmd", "lbgr", "lbgr_ext"}
     with pytest.raises(KvbenchError, match="unknown router.*round_robin"):
         make_router("nope", RouterConfig(workers=2))
     with pytest.raises(KvbenchError, match="no such parameter"):
@@ -178,16 +178,16 @@ def test_llmd_weights_prefix_against_queue():
     assert r2.choose(RouteRequest("b", 512, 4, h), 0) != w2  # load only: the idle worker
 
 
-def test_lbgr_load_decays_per_interval():
-    r = make_router("lbgr", RouterConfig(workers=1, params={"load_decay": 0.5, "decay_interval_s": 0.1}))
+def test_lbgr_ext_load_decays_per_interval():
+    r = make_router("lbgr_ext", RouterConfig(workers=1, params={"load_decay": 0.5, "decay_interval_s": 0.1}))
     r.route(RouteRequest("a", 1000, 4, np.arange(62, dtype=np.int64) + 5000), 0.0)
     assert r.load_at(0, 0.0) == pytest.approx(1000)
     assert r.load_at(0, 0.2) == pytest.approx(250)
 
 
-def test_lbgr_learns_constant_per_worker_offset():
+def test_lbgr_ext_learns_constant_per_worker_offset():
     offsets = [0.0, 0.3, 0.05]
-    r = make_router("lbgr", RouterConfig(workers=3, seed=0, params={"features": "full"}))
+    r = make_router("lbgr_ext", RouterConfig(workers=3, seed=0, params={"features": "full"}))
     rng = np.random.default_rng(0)
     t = 0.0
     for i in range(600):
@@ -210,19 +210,19 @@ def test_lbgr_learns_constant_per_worker_offset():
     assert r.choose(q, t + 10) == 0
 
 
-def test_lbgr_residual_never_rewards_load():
+def test_lbgr_ext_residual_never_rewards_load():
     """A fit that would weigh load negatively (delayed outcomes under queueing) is clipped at zero."""
-    r = make_router("lbgr", RouterConfig(workers=2, seed=0))
+    r = make_router("lbgr_ext", RouterConfig(workers=2, seed=0))
     r.models[0].theta = np.array([0.1, 0.0, -5.0])  # a learned negative load weight
     loaded, idle = r.features(500, 40_000.0), r.features(500, 0.0)
     assert r.residual(0, loaded) == pytest.approx(r.residual(0, idle))
-    plain = make_router("lbgr", RouterConfig(workers=2, seed=0, params={"monotone": False}))
+    plain = make_router("lbgr_ext", RouterConfig(workers=2, seed=0, params={"monotone": False}))
     plain.models[0].theta = np.array([0.1, 0.0, -5.0])
     assert plain.residual(0, loaded) < plain.residual(0, idle)
 
 
-def test_lbgr_completion_removes_what_is_left_of_its_load():
-    r = make_router("lbgr", RouterConfig(workers=1, params={"load_decay": 0.5, "decay_interval_s": 0.1}))
+def test_lbgr_ext_completion_removes_what_is_left_of_its_load():
+    r = make_router("lbgr_ext", RouterConfig(workers=1, params={"load_decay": 0.5, "decay_interval_s": 0.1}))
     q = RouteRequest("a", 1000, 4, np.arange(62, dtype=np.int64) + 5000)
     r.route(q, 0.0)
     r.complete(q, 0, 0.1, Completion(ttft_s=0.05, e2e_s=0.1, cached_tokens=0, output_tokens=4))
