@@ -4,11 +4,12 @@ and turns :class:`KvbenchError` into one line on stderr with exit status 2."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import typer
 
-from kvbench.errors import KvbenchError
+from kvbench.errors import KvbenchError, forget_interrupt, interrupt_announced
 
 app = typer.Typer(
     name="kvbench",
@@ -55,8 +56,11 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer
         from click import exceptions as click_exc
 
+    # SIGTERM (a scheduler's stop, `kill`) ends a run like Ctrl-C: partial results kept, temp files removed
+    signal.signal(signal.SIGTERM, _interrupt)
+    forget_interrupt()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except click_exc.NoArgsIsHelpError as exc:  # `kvbench` alone: show help, as click would
         exc.show()
         sys.exit(0)
@@ -82,8 +86,19 @@ def main() -> None:
         print(f"kvbench: error: {where}: {reason}" if where else f"kvbench: error: {reason}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("kvbench: interrupted", file=sys.stderr)
+        if not interrupt_announced():
+            print("kvbench: interrupted", file=sys.stderr)
         sys.exit(130)
+    # Without standalone mode click hands back a command's `typer.Exit(code)` instead of exiting with it,
+    # and typer turns an unhandled KeyboardInterrupt into Exit(130).
+    if isinstance(code, int) and code:
+        if code == 130 and not interrupt_announced():
+            print("kvbench: interrupted", file=sys.stderr)
+        sys.exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import pandas as pd
 import typer
 
-from kvbench.errors import KvbenchError, fail
+from kvbench.errors import KvbenchError, fail, interrupted
 from kvbench.params import parse_key_values
 
 
@@ -450,8 +450,7 @@ def register(app: typer.Typer) -> None:
             try:
                 out = run_replay(base)
             except KeyboardInterrupt:
-                typer.echo(f"interrupted: partial results (unfinished requests cancelled) in {output}", err=True)
-                raise typer.Exit(130)
+                raise interrupted(f"partial results (unfinished requests cancelled) in {output}") from None
             from kvbench.results import read_run
 
             _print_table({out.name: read_run(out).summary})
@@ -462,7 +461,6 @@ def register(app: typer.Typer) -> None:
         try:
             results = run_sweep(combos, min(n_jobs, len(combos)), progress)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: finished combinations kept under {output}", err=True)
-            raise typer.Exit(130)
+            raise interrupted(f"finished combinations kept under {output}") from None
         _print_table(results)
         typer.echo(str(output))

@@ -125,6 +125,9 @@ def read_trace(path: str | Path) -> Trace:
         meta = TraceMeta.from_json(raw)
     except (ValueError, TypeError) as exc:
         raise fail(f"{p}: corrupt kvbench trace metadata ({exc})") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise fail(f"{p}: trace format_version {meta.format_version!r} is not one this kvbench reads "
+                   f"({FORMAT_VERSION!r}); regenerate the trace with this version's `kvbench generate`")
     validate_table(table, meta, str(p))
     df = table.to_pandas()
     return Trace(df=df, meta=meta, path=p)

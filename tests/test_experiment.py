@@ -119,7 +119,7 @@ def test_a_real_target_runs_one_replay_at_a_time(tmp_path: Path, monkeypatch):
 
     ran = []
     monkeypatch.setattr(experiment, "ProcessPoolExecutor", no_pool)
-    monkeypatch.setattr(experiment, "_run_job", lambda spec: ran.append(spec.target) or str(spec.output))
+    monkeypatch.setattr(experiment, "_run_job", lambda spec, key: ran.append(spec.target) or str(spec.output))
     cluster = tmp_path / "cluster.json"
     cluster.write_text(json.dumps({"eviction": "lru", "workers": [{"url": "http://127.0.0.1:9", "pid": 4321}]}))
     res = run_experiment(ROOT / "workloads" / "quickstart.toml", tmp_path / "out", target=str(cluster), jobs_n=2,
@@ -137,3 +137,62 @@ def test_router_params_are_per_router(tmp_path: Path):
     bad.write_text('name = "x"\n[generate]\nkind = "gsp"\n[replay]\nrouter_params = { defaults = "cli" }\n')
     with pytest.raises(KvbenchError, match="router_params must map"):
         load_spec(bad)
+
+
+def _interrupt_after(monkeypatch, k: int) -> None:
+    """Ctrl-C arriving when the k-th simulated request of the experiment finishes (an event, not a timer)."""
+    from kvbench.sim import engine
+
+    real = engine.ClusterSimulator._finish
+    seen = {"n": 0}
+
+    def finish(self, r, now):
+        seen["n"] += 1
+        if seen["n"] == k:
+            raise KeyboardInterrupt
+        real(self, r, now)
+
+    monkeypatch.setattr(engine.ClusterSimulator, "_finish", finish)
+
+
+@pytest.mark.parametrize("k", [1, 37, 150])
+def test_interrupt_then_resume_gives_the_uninterrupted_summary(tmp_path: Path, monkeypatch, k: int):
+    spec = ROOT / "workloads" / "quickstart.toml"
+    clean = tmp_path / "clean"
+    run_experiment(spec, clean, jobs_n=1, progress=False, reduced=True, report=False)
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, k)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(spec, cut, jobs_n=1, progress=False, reduced=True, report=False)
+    interrupted_runs = [json.loads(p.read_text()) for p in cut.glob("runs/**/run.json")]
+    assert any(r["interrupted"] for r in interrupted_runs), "the cut run must be on disk, marked interrupted"
+    resumed = run_experiment(spec, cut, jobs_n=1, progress=False, reduced=True, report=False)
+    assert resumed["ran"] >= 1
+    assert (cut / "summary.csv").read_bytes() == (clean / "summary.csv").read_bytes()
+
+
+def test_a_changed_spec_reruns_instead_of_reusing_old_results(tmp_path: Path):
+    spec = tmp_path / "qs.toml"
+    text = (ROOT / "workloads" / "quickstart.toml").read_text()
+    spec.write_text(text)
+    out = tmp_path / "out"
+    first = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    before = (out / "summary.csv").read_text()
+    spec.write_text(text.replace("[reduced]", "[reduced]\nreplay = { max_num_seqs = 3 }", 1)
+                    if "replay = {" not in text.split("[reduced]", 1)[1] else
+                    text.replace("replay = { ", "replay = { max_num_seqs = 3, ", 1))
+    second = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    assert second["skipped"] == 0 and second["ran"] == first["ran"]
+    assert (out / "summary.csv").read_text() != before
+
+
+def test_a_corrupt_run_json_is_rerun(tmp_path: Path):
+    spec = ROOT / "workloads" / "quickstart.toml"
+    out = tmp_path / "qs"
+    run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    before = (out / "summary.csv").read_bytes()
+    victim = next(out.glob("runs/**/run.json"))
+    victim.write_text("[1, 2")
+    again = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    assert again["ran"] == 1 and (out / "summary.csv").read_bytes() == before

@@ -87,3 +87,10 @@ def test_builtin_tokenizer_round_trips_random_ids():
     assert (tok.token_space() == np.arange(WORD_COUNT)).all()
     text, cut = tok.truncate("Hello, big world! And more.", 4)
     assert text == "Hello, big world" and cut == tok.encode(text) and len(cut) == 4
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    meta = TraceMeta(generator="test", block_size=4, format_version="99")
+    path = write_trace(tmp_path / "t.parquet", _frame([[1, 2, 3, 4, 5]]), meta)
+    with pytest.raises(KvbenchError, match=r"format_version '99' is not one this kvbench reads .*regenerate"):
+        read_trace(path)

@@ -73,12 +73,6 @@ class Rows:
     def __len__(self) -> int:
         return len(self.request_id)
 
-    def trim(self) -> None:
-        """After an interrupt: drop a row that was only partly appended."""
-        n = min(len(v) for v in vars(self).values())
-        for v in vars(self).values():
-            del v[n:]
-
 
 def _list_array(values: np.ndarray, lengths: np.ndarray, typ: pa.DataType) -> pa.Array:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

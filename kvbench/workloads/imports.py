@@ -18,10 +18,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from kvbench.errors import fail
+from kvbench.errors import fail, interrupted
 from kvbench.hashing import block_hashes_many, keyed_tokens
 from kvbench.workloads.arrivals import ArrivalSpec, arrival_times
-from kvbench.workloads.build import Rows, tracked, warn
+from kvbench.workloads.build import Rows, tracked
 from kvbench.workloads.readers import Row, lengths_field, read_table, records
 from kvbench.workloads.text import TextCodec
 
@@ -321,10 +321,8 @@ def generate_import(
                     prompt=codec.tokenizer.decode(toks) if with_text else None,
                 )
     except KeyboardInterrupt:
-        rows.trim()
-        if not len(rows):
-            raise
-        warn(f"interrupted: keeping the first {len(rows)} of {n} requests")
+        # a cut trace whose metadata claims the whole source would be replayed as if it were complete
+        raise interrupted(f"import of {n} requests stopped after {len(rows)}; no trace written") from None
     return rows
 
 

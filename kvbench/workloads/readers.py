@@ -16,7 +16,6 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from kvbench.errors import fail
-from kvbench.workloads.build import warn
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -108,8 +107,6 @@ def read_jsonl(path: Path, expected: str) -> Iterator[Row]:
                 yield line_no, rec
     except UnicodeDecodeError:
         raise fail(f"{path}: not UTF-8 text; expected {expected}") from None
-    except KeyboardInterrupt:
-        warn(f"interrupted while reading {path}; keeping the records read so far")
 
 
 def read_table(path: Path, expected: str, delimiter: str, required: tuple[str, ...]) -> Iterator[Row]:
@@ -137,8 +134,6 @@ def read_table(path: Path, expected: str, delimiter: str, required: tuple[str, .
                 ) from None
     except UnicodeDecodeError:
         raise fail(f"{path}: not UTF-8 text; expected {expected}") from None
-    except KeyboardInterrupt:
-        warn(f"interrupted while reading {path}; keeping the rows read so far")
 
 
 def hub_rows(
