@@ -40,6 +40,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -95,6 +96,9 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
     for key in ("name", "generate", "replay"):
         if key not in data:
             raise fail(f"{where}: missing '{key}'; see the module docstring of kvbench.experiment")
+    if not isinstance(data["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", data["name"]):
+        # the name becomes a folder under results/: "../x" or "a/b" would write elsewhere
+        raise fail(f"{where}: name {data['name']!r} must be a plain folder name (letters, digits, '.', '_', '-')")
     if reduced:
         small = data.get("reduced")
         if not isinstance(small, dict):

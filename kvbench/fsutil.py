@@ -24,6 +24,9 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it over ``path`` only if the block succeeds."""
     target = Path(path)
+    if target.exists() and not target.is_file():
+        # renaming over /dev/null (as root) or a directory would replace it: refuse instead
+        raise fail(f"{target}: exists and is not a regular file; choose a file path to write to")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -42,6 +45,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling directory; it replaces ``path`` only if the block succeeds."""
     target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise fail(f"{target}: exists and is not a directory; choose a new output path")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

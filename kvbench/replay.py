@@ -429,6 +429,7 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, help="HTTP: model name to send (default: the served one)."),
         api: str = typer.Option("completions", help="HTTP: 'completions' or 'chat'."),
         progress: bool = typer.Option(True, help="Show progress bars."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished runs in the output directory."),
     ) -> None:
         """Replay a trace against the simulator or real workers; comma lists of --eviction/--router sweep."""
         evictions = resolve_evictions(eviction, target)
@@ -446,7 +447,12 @@ def register(app: typer.Typer) -> None:
             max_requests=max_requests, name=name, history=history, timeout_s=timeout,
             max_concurrency=max_concurrency, reset_cache=reset_cache, model=model, api=api, progress=progress,
             chunked_prefill=chunked_prefill)
-        if len(evictions) == 1 and len(routers) == 1:
+        combos = plan_sweep(base, evictions, routers) if len(evictions) * len(routers) > 1 else []
+        if not overwrite:
+            for out in [output, *(Path(c.spec.output) for c in combos)]:
+                if (Path(out) / "run.json").exists():
+                    raise fail(f"-o {out}: holds a finished run; pass --overwrite to replace it, or choose a new -o")
+        if not combos:
             try:
                 out = run_replay(base)
             except KeyboardInterrupt:
@@ -456,7 +462,6 @@ def register(app: typer.Typer) -> None:
             _print_table({out.name: read_run(out).summary})
             typer.echo(str(out))
             return
-        combos = plan_sweep(base, evictions, routers)
         n_jobs = (jobs or os.cpu_count() or 1) if base.is_sim else 1  # one real cluster: one run at a time
         try:
             results = run_sweep(combos, min(n_jobs, len(combos)), progress)

@@ -196,3 +196,11 @@ def test_a_corrupt_run_json_is_rerun(tmp_path: Path):
     victim.write_text("[1, 2")
     again = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
     assert again["ran"] == 1 and (out / "summary.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "", ".hidden", 3])
+def test_spec_names_must_be_plain_folder_names(tmp_path: Path, name):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'name = {json.dumps(name)}\n[generate]\nkind = "gsp"\n[replay]\nworkers = 2\n')
+    with pytest.raises(KvbenchError, match="plain folder name"):
+        load_spec(bad)

@@ -213,3 +213,28 @@ def test_real_cluster_eviction_comes_from_the_cluster(tmp_path):
         resolve_evictions("lru", str(cluster))
     with pytest.raises(KvbenchError, match="one policy"):
         resolve_evictions("lru,rlt", "http://127.0.0.1:9")
+
+
+def test_replay_onto_a_finished_run_needs_overwrite(tmp_path, trace):
+    out = tmp_path / "run"
+    args = ["replay", str(trace), "--target", "sim", "--workers", "1", "--eviction", "lru", "--router",
+            "round_robin", "-o", str(out), "--no-progress"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = (out / "run.json").read_bytes()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
+    assert (out / "run.json").read_bytes() == before
+    sweep = CliRunner().invoke(app, [*args[:-3], "--router", "round_robin,random", "-o", str(out), "--no-progress"])
+    assert sweep.exit_code != 0 and "holds a finished run" in str(sweep.exception)
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_output_that_is_not_a_regular_file_is_never_replaced(tmp_path, trace):
+    from kvbench.fsutil import write_text_atomic
+
+    with pytest.raises(KvbenchError, match="not a regular file"):
+        write_text_atomic("/dev/null", "x")
+    assert not Path("/dev/null").is_file()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(KvbenchError, match="not a regular file"):
+        write_text_atomic(tmp_path / "d", "x")
