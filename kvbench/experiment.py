@@ -41,6 +41,8 @@ import io
 import itertools
 import json
 import re
+import types
+import typing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -85,6 +87,25 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     router_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per router name
     eviction_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per policy name
+
+
+def _check_replay_type(where: str, key: str, value: Any) -> None:
+    """A [replay] value must have its ReplaySpec field's type (``workers = "two"`` is caught here, before work)."""
+    hint = typing.get_type_hints(ReplaySpec)[key]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for typ in allowed:
+        if typ is type(None) and value is None:
+            return
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if typ in (str, bool) and isinstance(value, typ):
+            return
+        if typing.get_origin(typ) is dict and isinstance(value, dict):
+            return
+    names = " or ".join("none" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed)
+    raise fail(f"{where}: [replay] {key} = {value!r} must be {'an' if names[0] in 'aeiou' else 'a'} {names}")
 
 
 def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
@@ -132,6 +153,8 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
         if not vals:
             raise fail(f"{where}: [replay] {key} is empty")
         lists[key] = vals
+    for key, value in replay.items():
+        _check_replay_type(where, key, value)
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
         raise fail(f"{where}: seeds must be a non-empty list of integers")
@@ -372,6 +395,10 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
     if target and target != "sim":
         jobs_n = 1  # replays against one set of real servers must not overlap (each resets the others' caches)
     generations, jobs = plan(exp, out, target)
+    from kvbench.replay import validate_spec
+
+    for job in jobs:  # every flag error before any trace is generated or folder made
+        validate_spec(job.spec)
     todo_gen = [(p, argv) for p, argv in generations if not _trace_is_current(p, argv)]
     done_now = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -72,5 +72,7 @@ def read_toml(path: Path, label: str) -> dict[str, Any]:
     """Parse a TOML file; a syntax error becomes one line naming ``label`` (a flag or the file)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise fail(f"{label}: not UTF-8 text; a TOML file is expected") from None
     except tomllib.TOMLDecodeError as exc:
         raise fail(f"{label}: invalid TOML ({exc})") from None

@@ -26,6 +26,9 @@ from kvbench.errors import KvbenchError, fail, interrupted
 from kvbench.params import parse_key_values
 
 
+MAX_SIM_WORKERS = 1024
+
+
 @dataclass
 class ReplaySpec:
     trace: Path
@@ -105,6 +108,8 @@ def validate_spec(spec: ReplaySpec) -> None:
     ]
     if spec.is_sim:
         checks.append((spec.workers >= 1, f"--workers {spec.workers}: the simulator needs at least one worker"))
+        checks.append((spec.workers <= MAX_SIM_WORKERS,
+                       f"--workers {spec.workers}: the simulator takes at most {MAX_SIM_WORKERS} workers"))
     for ok, message in checks:
         if not ok:
             raise fail(message)
@@ -121,6 +126,31 @@ def validate_spec(spec: ReplaySpec) -> None:
         params = policy_params(spec.eviction, spec.eviction_params)  # errors name the flag and parameter
         make_policy(spec.eviction, seed=spec.seed, future=[[]], **params)
         load_profile(spec.profile)
+
+
+def check_cache_fits(spec: ReplaySpec, trace) -> None:
+    """Refuse a simulated cache that cannot hold the largest request: every such request would fail."""
+    import numpy as np
+
+    from kvbench.trace import replay_order
+
+    if not spec.is_sim or spec.cache_tokens is None:
+        return
+    df = trace.df if spec.max_requests is None else trace.df.iloc[replay_order(trace.df)[: spec.max_requests]]
+    # KV slots as vLLM allocates them: the prompt and every generated token but the last
+    slots = df["input_tokens"].to_numpy() + np.maximum(df["output_tokens"].to_numpy(), 1) - 1
+    need = -(-slots // spec.block_size) * spec.block_size
+    capacity = spec.cache_tokens // spec.block_size * spec.block_size
+    too_big = int((need > capacity).sum())
+    if not too_big:
+        return
+    hint = f"the largest needs {int(need.max())} tokens (use --cache-tokens {int(need.max())} or more to fit all)"
+    if too_big == len(df):
+        raise fail(f"--cache-tokens {spec.cache_tokens}: no request fits a worker's KV cache; {hint}")
+    # A few oversized requests are what a server with max_model_len = its KV capacity would refuse: they are
+    # replayed as failures, said here, in the run's last line and in the report.
+    print(f"kvbench: warning: --cache-tokens {spec.cache_tokens}: {too_big} of {len(df)} requests need more KV "
+          f"cache than a worker holds and will fail; {hint}", file=sys.stderr)
 
 
 def check_block_size(spec: ReplaySpec, trace) -> None:
@@ -224,6 +254,7 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     if trace is None:
         trace = read_trace(spec.trace)
     check_block_size(spec, trace)
+    check_cache_fits(spec, trace)
     out = Path(spec.output)
     created = not out.exists()
     _check_output(out)
@@ -459,8 +490,10 @@ def register(app: typer.Typer) -> None:
                 raise interrupted(f"partial results (unfinished requests cancelled) in {output}") from None
             from kvbench.results import read_run
 
-            _print_table({out.name: read_run(out).summary})
+            summaries = {out.name: read_run(out).summary}
+            _print_table(summaries)
             typer.echo(str(out))
+            _say_failures(summaries)
             return
         n_jobs = (jobs or os.cpu_count() or 1) if base.is_sim else 1  # one real cluster: one run at a time
         try:
@@ -469,3 +502,13 @@ def register(app: typer.Typer) -> None:
             raise interrupted(f"finished combinations kept under {output}") from None
         _print_table(results)
         typer.echo(str(output))
+        _say_failures(results)
+
+
+def _say_failures(summaries: dict[str, dict[str, Any]]) -> None:
+    """The last line names failed requests, so a run that lost requests never reads as a clean one."""
+    bad = {k: s for k, s in summaries.items() if isinstance(s, dict) and s.get("failed")}
+    if bad:
+        parts = ", ".join(f"{k}: {s['failed']} of {s.get('num_requests', '?')}" for k, s in bad.items())
+        typer.echo(f"kvbench: warning: failed requests ({parts}); see the status and error columns of "
+                   f"requests.parquet", err=True)

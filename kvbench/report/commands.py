@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
         for path, reason in report.skipped:
             err.print(f"kvbench: warning: skipped {path}: {reason}", markup=False, highlight=False)
         if not report.runs:
-            err.print("kvbench: warning: no runs found; the report says so", markup=False, highlight=False)
+            where = ", ".join(str(p) for p in paths)
+            raise fail(f"{where}: no finished runs found (a run is a folder with run.json and requests.parquet); "
+                       f"nothing written")
         if output is None and fmt != "html":
             sys.stdout.write(text)
             return

@@ -5,30 +5,63 @@ For each request, with ``load`` = the router's outstanding requests per live wor
 1. imbalanced if ``max - min > balance_abs_threshold`` AND ``max > balance_rel_threshold * min``:
    route to the least loaded worker (the prompt is still inserted into that worker's tree);
 2. otherwise match the prompt against every worker's tree; if ``matched / prompt_length > cache_threshold``
-   route to the best-matching worker;
+   route to the best-matching worker (its matched path counts as used for LRU pruning, as SGLang's
+   ``prefix_match`` refreshes it);
 3. otherwise route to the least loaded worker (``fallback=least_load``, current SGLang) or to the worker
-   with the smallest tree (``fallback=smallest_tree``, older SGLang).
+   with the smallest tree (``fallback=smallest_tree``, older SGLang: ``Tree::get_smallest_tenant``, the
+   fewest symbols stored for the worker, which is :attr:`RadixTree.size` of its tree).
 
-The prompt unit is characters when the request carries text, else token ids (else block hashes). Two
-default sets exist upstream and both are selectable with ``defaults=cli|library``: the Python launcher's
-CLI (cache_threshold 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5) and the Rust library
-config (0.5, 32, 1.1); ``defaults=sglang-0.4.6`` is the router of the RLT paper's baseline (0.5, 32, 1.0001,
-used with ``fallback=smallest_tree``). Explicit parameters override the chosen set. Every ``eviction_interval_s`` of the
-caller's clock each tree is pruned (LRU leaves first) to ``max_tree_size`` symbols.
+The prompt unit is characters when the request carries text (SGLang's unit), else token ids (else block
+hashes); ``max_tree_size`` counts the same unit. ``defaults=`` picks a complete set of values, and explicit
+parameters override single values of it:
+
+- ``cli`` (default): the Python launcher's CLI, cache_threshold 0.3, balance_abs_threshold 64,
+  balance_rel_threshold 1.5, eviction every 60 s to 2**26 symbols, least-loaded fallback;
+- ``library``: the thresholds of the Rust library config (0.5, 32, 1.1) with the CLI's eviction;
+- ``sglang-0.4.6``: exactly the router the RLT paper's baseline ran (fzwark/KVRouting, the patched
+  SGLang 0.4.6 whose scripts start ``sglang_router.launch_router`` with only ``--policy``, so every value is
+  ``RouterArgs``' default): cache_threshold 0.5, balance_abs_threshold 32, balance_rel_threshold 1.0001,
+  eviction every 60 s to 2**24 characters per worker, smallest-tree fallback.
+
+Every ``eviction_interval_s`` of the caller's clock each tree is pruned (LRU leaves first) to
+``max_tree_size`` symbols.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from kvbench.errors import fail
 from kvbench.routing.base import Router, RouterConfig, RouteRequest, resolve_params
 from kvbench.routing.radix import RadixTree, symbols
 
+# Every value each set fixes; a set must name all of them so that choosing it says what ran.
 DEFAULT_SETS = {
-    "cli": {"cache_threshold": 0.3, "balance_abs_threshold": 64, "balance_rel_threshold": 1.5},
-    "library": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.1},
-    # the sgl-router the RLT paper's baseline ran (SGLang 0.4.6); pair it with fallback=smallest_tree
-    "sglang-0.4.6": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.0001},
+    "cli": {"cache_threshold": 0.3, "balance_abs_threshold": 64, "balance_rel_threshold": 1.5,
+            "fallback": "least_load", "max_tree_size": 2**26, "eviction_interval_s": 60.0},
+    "library": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.1,
+                "fallback": "least_load", "max_tree_size": 2**26, "eviction_interval_s": 60.0},
+    # fzwark/KVRouting sglang-0.4.6/sgl-router/py_src/sglang_router/launch_router.py RouterArgs defaults
+    # (the same in router.py and src/lib.rs); gsp.sh, long.sh and multi_conv.sh pass only --policy.
+    # router.rs falls back to tree.get_smallest_tenant() below the cache threshold.
+    "sglang-0.4.6": {"cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.0001,
+                     "fallback": "smallest_tree", "max_tree_size": 2**24, "eviction_interval_s": 60.0},
 }
+
+
+def apply_preset(router: Router, presets: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    """Fill ``router.params`` with the values of the preset named by ``router.params[key]``; values the
+    caller gave explicitly win and are converted to the preset's types."""
+    which = router.params[key]
+    if which not in presets:
+        raise fail(f"--router-param {key}={which}: {router.name} knows {key}="
+                   f"{' | '.join(presets)}")
+    chosen = presets[which]
+    given = {k: v for k, v in router.config.params.items() if k in chosen}
+    typed = resolve_params(router.name, chosen, given)  # the preset's values, overridden and typed
+    for k in chosen:
+        router.params[k] = typed[k]
+    return chosen
 
 
 class CacheAwareRouter(Router):
@@ -38,22 +71,14 @@ class CacheAwareRouter(Router):
         "cache_threshold": None,
         "balance_abs_threshold": None,
         "balance_rel_threshold": None,
-        "fallback": "least_load",
-        "max_tree_size": 2**26,
-        "eviction_interval_s": 60.0,
+        "fallback": None,
+        "max_tree_size": None,
+        "eviction_interval_s": None,
     }
 
     def __init__(self, config: RouterConfig):
         super().__init__(config)
-        which = self.params["defaults"]
-        if which not in DEFAULT_SETS:
-            raise fail(f"--router-param defaults={which}: cache_aware default sets are "
-                       f"{', '.join(repr(k) for k in DEFAULT_SETS)}")
-        chosen = DEFAULT_SETS[which]
-        given = {k: v for k, v in config.params.items() if k in chosen}
-        typed = resolve_params(self.name, chosen, given)  # converts strings to the set's types
-        for k, v in chosen.items():
-            self.params[k] = typed[k] if k in given else v
+        apply_preset(self, DEFAULT_SETS, "defaults")
         if self.params["fallback"] not in ("least_load", "smallest_tree"):
             raise fail(f"--router-param fallback={self.params['fallback']}: cache_aware falls back to "
                        f"'least_load' or 'smallest_tree'")
@@ -87,6 +112,8 @@ class CacheAwareRouter(Router):
                 m = self.trees[w].match(seq)
                 if m > best_len or (m == best_len and self.outstanding[w] < self.outstanding[best]):
                     best, best_len = w, m
+            if best_len > 0:
+                self.trees[best].match(seq, now)  # SGLang's prefix_match refreshes the matched path
             ratio = best_len / len(seq) if len(seq) else 0.0
             if ratio > self.cache_threshold:
                 self.last_decision = "cache_hit"

@@ -16,7 +16,15 @@ from kvbench.tokenizer import load_tokenizer
 from kvbench.trace import TraceMeta, read_trace
 from kvbench.workloads import build
 from kvbench.workloads.arrivals import ARRIVAL_KINDS, ArrivalSpec
-from kvbench.workloads.options import at_least, choice, input_file, int_list, int_range
+from kvbench.workloads.options import (
+    MAX_REQUEST_TOKENS,
+    at_least,
+    choice,
+    input_file,
+    int_list,
+    int_range,
+    total_tokens_fit,
+)
 from kvbench.workloads.text import TextCodec
 
 generate_app = typer.Typer(
@@ -172,7 +180,12 @@ def gsp(
     cfg_out = output_tokens if output_tokens is not None else int(base["output_tokens"])  # type: ignore[call-overload]
     at_least("--groups", cfg_groups, 1)
     at_least("--prompts-per-group", cfg_ppg, 1)
-    at_least("--output-tokens", cfg_out, 0)
+    at_least("--output-tokens", cfg_out, 0, MAX_REQUEST_TOKENS)
+    at_least("--system-tokens", sys_t, 0, MAX_REQUEST_TOKENS)
+    at_least("--question-tokens", q_t, 0, MAX_REQUEST_TOKENS)
+    longest = max(lengths_list) if lengths_list else (sys_t or 0) + (q_t or 0)
+    total_tokens_fit("--groups x --prompts-per-group x length", cfg_groups * cfg_ppg * longest,
+                     "use fewer groups or shorter prompts")
     codec, spec = _setup(
         seed,
         block_size,
@@ -251,14 +264,14 @@ def docqa(
     _check_output(output)
     ds = choice("--dataset", dataset, dq.DATASETS)
     mode = choice("--sampling", sampling, dq.SAMPLING) if sampling is not None else dq.DEFAULT_SAMPLING[ds]
-    for flag, value, low in (
-        ("--requests", requests, 1),
-        ("--window", window, 1),
-        ("--documents", documents, 1),
-        ("--questions-per-doc", questions_per_doc, 1),
-        ("--output-tokens", output_tokens, 0),
+    for flag, value, low, high in (
+        ("--requests", requests, 1, 1 << 24),
+        ("--window", window, 1, None),
+        ("--documents", documents, 1, 1 << 24),
+        ("--questions-per-doc", questions_per_doc, 1, None),
+        ("--output-tokens", output_tokens, 0, MAX_REQUEST_TOKENS),
     ):
-        at_least(flag, value, low)
+        at_least(flag, value, low, high)
     if zipf_alpha < 0:
         raise fail(f"--zipf-alpha {zipf_alpha}: must be >= 0")
     if input is not None and synthetic:
@@ -337,8 +350,8 @@ def conversation(
     turn_list = int_list("--turns", turns, minimum=1)
     at_least("--conversations", conversations, 1)
     at_least("--user-turn-tokens", user_turn_tokens, 0)
-    at_least("--output-tokens", output_tokens, 0)
-    at_least("--max-output-tokens", max_output_tokens, 1)
+    at_least("--output-tokens", output_tokens, 0, MAX_REQUEST_TOKENS)
+    at_least("--max-output-tokens", max_output_tokens, 1, MAX_REQUEST_TOKENS)
     if think_s < 0 or think_s != think_s:
         raise fail(f"--think-s {think_s}: must be >= 0")
     if input is not None and synthetic:
@@ -473,6 +486,12 @@ def trace_import(
         assert input is not None
         src = im.read_source(fmt, input_file("--input", input), max_requests)
         described = f"{fmt} trace file {input.name} ({len(src.input_len)} requests)"
+    total_tokens_fit(f"--input {input}" if input is not None else "--synthetic", int(src.input_len.sum()),
+                     "import fewer requests with --max-requests")
+    src, moved = src.sorted_by_time()
+    params["rows_reordered_by_timestamp"] = moved  # rows out of time order in the source, sorted stably
+    if moved:
+        described += f", {moved} rows sorted into time order"
     cfg = im.ImportConfig(fmt, time_scale, spec, think_s, sessions)
     params["resolved"] = _plain(asdict(cfg))
     rows = im.generate_import(cfg, src, codec, seed, block_size, token_ids, prompt_text)

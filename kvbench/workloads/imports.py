@@ -50,6 +50,28 @@ class SourceRequests:
     chat_id: list[str] | None = None
     parent_id: list[str | None] | None = None
 
+    def sorted_by_time(self) -> tuple["SourceRequests", int]:
+        """The rows in time order (stable: equal times keep file order), and how many rows moved.
+
+        Replaying out-of-order rows at a running maximum would squash their gaps; sorting keeps every
+        recorded time.
+        """
+        order = np.argsort(self.times_s, kind="stable")
+        moved = int(np.count_nonzero(order != np.arange(len(order))))
+        if not moved:
+            return self, 0
+        starts = np.zeros(len(self.src_count), dtype=np.int64)
+        np.cumsum(self.src_count[:-1], out=starts[1:])
+        counts = self.src_count[order]
+        ids = (np.concatenate([self.src_ids[starts[i]:starts[i] + self.src_count[i]] for i in order])
+               if len(self.src_ids) else self.src_ids)
+        pick = order.tolist()
+        return SourceRequests(
+            self.times_s[order], self.input_len[order], self.output_len[order], ids, counts,
+            None if self.chat_id is None else [self.chat_id[i] for i in pick],
+            None if self.parent_id is None else [self.parent_id[i] for i in pick],
+        ), moved
+
 
 def _as_id(value: Any) -> int:
     if isinstance(value, bool):
@@ -225,10 +247,13 @@ def sessions_of(src: SourceRequests) -> tuple[list[int | None], list[int], list[
     if src.chat_id is None or src.parent_id is None:
         return [None] * n, [0] * n, [None] * n
     row_of: dict[str, int] = {}
-    parent_row: list[int | None] = []
-    for i, (cid, pid) in enumerate(zip(src.chat_id, src.parent_id)):
-        parent_row.append(row_of.get(pid) if pid is not None else None)
+    for i, cid in enumerate(src.chat_id):
         row_of.setdefault(cid, i)
+    # a parent that comes later in time order than its child is not a parent (no cycles, turns stay causal)
+    parent_row: list[int | None] = []
+    for i, pid in enumerate(src.parent_id):
+        p = row_of.get(pid) if pid is not None else None
+        parent_row.append(p if p is not None and p < i else None)
     has_child = [False] * n
     for p in parent_row:
         if p is not None:

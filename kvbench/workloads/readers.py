@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from kvbench.errors import fail
+from kvbench.workloads.options import MAX_REQUEST_TOKENS
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -204,4 +205,7 @@ def lengths_field(path: Path | str, where: int, rec: dict[str, Any], name: str) 
         raise fail(f"{path}:{where}: field '{name}' is {rec[name]!r}, not a number") from None
     if value != value or value < 0:
         raise fail(f"{path}:{where}: field '{name}' is negative ({rec[name]}); lengths must be >= 0")
+    if value > MAX_REQUEST_TOKENS:
+        raise fail(f"{path}:{where}: field '{name}' is {rec[name]}, more than {MAX_REQUEST_TOKENS:,} tokens; "
+                   f"fix or delete that line")
     return int(value)

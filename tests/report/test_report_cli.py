@@ -48,12 +48,16 @@ def test_csv_and_json_go_to_stdout_or_a_file(app, sweep_dir: Path, tmp_path: Pat
     assert len(runs) == 9 and {r["eviction"] for r in runs} == {"lru", "rlt", "arc"}
 
 
-def test_empty_directory_warns_and_still_writes(app, tmp_path: Path):
+def test_a_folder_without_runs_is_an_error_and_writes_nothing(app, tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "empty"), "--format", "csv"])
-    assert res.exit_code == 0
-    assert "skipped" in res.stderr and "no runs found" in res.stderr
-    assert res.stdout.strip() == ""
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "empty"), "-o", str(tmp_path / "r.html")])
+    assert isinstance(res.exception, KvbenchError) and "no finished runs" in str(res.exception)
+    assert "skipped" in res.stderr
+    assert not (tmp_path / "r.html").exists()
+    (tmp_path / "listy").mkdir()
+    (tmp_path / "listy" / "run.json").write_text("[1, 2]")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "listy"), "--format", "csv"])
+    assert isinstance(res.exception, KvbenchError) and res.stdout.strip() == ""
 
 
 def test_bad_format_is_a_kvbench_error(app, sweep_dir: Path):

@@ -159,7 +159,7 @@ def test_cache_aware_uses_token_ids_without_text():
 
 
 def test_kv_cost_prefers_cached_worker_until_decode_load_dominates():
-    r = make_router("kv_cost", RouterConfig(workers=2, block_size=16))
+    r = make_router("kv_cost", RouterConfig(workers=2, block_size=16, params={"preset": "kvbench-0.1"}))
     h = np.arange(64, dtype=np.int64)
     first = r.route(RouteRequest("a", 1024, 4, h), 0)
     assert r.choose(RouteRequest("b", 1024, 4, h), 0) == first  # 0 uncached blocks wins
@@ -168,12 +168,12 @@ def test_kv_cost_prefers_cached_worker_until_decode_load_dominates():
 
 
 def test_llmd_weights_prefix_against_queue():
-    cfg = RouterConfig(workers=2, block_size=16, cache_blocks=1000, params={"prefix_weight": 2.0})
+    cfg = RouterConfig(workers=2, block_size=16, cache_blocks=1000, params={"preset": "kvbench-0.1", "prefix_weight": 2.0})
     r = make_router("llmd", cfg)
     h = np.arange(32, dtype=np.int64)
     w = r.route(RouteRequest("a", 512, 4, h), 0)
     assert r.choose(RouteRequest("b", 512, 4, h), 0) == w
-    r2 = make_router("llmd", RouterConfig(workers=2, block_size=16, params={"prefix_weight": 0.0}))
+    r2 = make_router("llmd", RouterConfig(workers=2, block_size=16, params={"preset": "kvbench-0.1", "prefix_weight": 0.0}))
     w2 = r2.route(RouteRequest("a", 512, 4, h), 0)
     assert r2.choose(RouteRequest("b", 512, 4, h), 0) != w2  # load only: the idle worker
 

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 from tests.sim.sim_traces import make_trace
 
+from kvbench.errors import KvbenchError
 from kvbench.replay import ReplaySpec, run_replay
 from kvbench.results import read_run
 from kvbench.sim.latency import attn_pairs, load_profile
+from kvbench.sim.run import run_sim
 from kvbench.trace import read_trace
 
 
@@ -95,33 +97,91 @@ def test_output_tokens_record_what_was_generated(tmp_path):
     rows = run(tmp_path, trace, workers=1).requests
     assert (rows["status"] == "ok").all() and (rows["output_tokens"] == 1).all()
     big = make_trace(tmp_path / "big.parquet", n_groups=1, per_group=2, prefix=64, suffix=16, output=3)
-    failed = run(tmp_path, big, "f", cache_tokens=64, block_size=16).requests  # never admitted
+    spec = ReplaySpec(trace=big, output=tmp_path / "f", cache_tokens=64, block_size=16, progress=False)
+    failed = run_sim(spec, read_trace(big)).rows  # the engine itself, past replay's up-front refusal
     assert (failed["status"] == "error").all() and (failed["output_tokens"] == 0).all()
 
 
 def test_request_larger_than_the_cache_fails_cleanly(tmp_path):
     trace = make_trace(tmp_path / "big.parquet", n_groups=2, per_group=2, prefix=64, suffix=16)
     df = pd.read_parquet(trace)
-    res = run(tmp_path, trace, cache_tokens=64, block_size=16)  # 80+4 tokens need 6 blocks > 4
-    rows = res.requests
+    # replay refuses a cache that no request fits, naming the smallest that fits them all: 80+4-1 -> 96
+    with pytest.raises(KvbenchError, match=r"--cache-tokens 64: no request fits.*--cache-tokens 96"):
+        run(tmp_path, trace, cache_tokens=64, block_size=16)
+    assert not (tmp_path / "run").exists()
+    spec = ReplaySpec(trace=trace, output=tmp_path / "e", cache_tokens=64, block_size=16, progress=False)
+    rows = run_sim(spec, read_trace(trace)).rows  # the engine on its own still fails each one cleanly
     assert (rows["status"] == "error").all() and (rows["worker"] == -1).all()
     assert "raise --cache-tokens" in rows["error"].iloc[0] and "6 KV blocks" in rows["error"].iloc[0]
-    assert res.summary["failed"] == len(df)
+    assert len(rows) == len(df)
+
+
+def most_at_once(rows: pd.DataFrame, measure=len) -> int:
+    """Per worker, the largest ``measure`` (default: how many) of the requests running at one instant.
+
+    A request runs at least from its first token to its last; a request that ends at a step's end and one
+    whose first token comes at that same end both ran in that step, so the intervals are closed."""
+    most = 0
+    for _, part in rows.groupby("worker"):
+        for t in part["first_token_s"]:
+            now = part[(part["first_token_s"] <= t) & (part["done_s"] >= t)]
+            most = max(most, int(measure(now)))
+    return most
 
 
 def test_memory_pressure_queues_but_completes(tmp_path, small_trace):
     # room for about two requests at a time per worker: admissions wait for memory instead of failing
     res = run(tmp_path, small_trace, workers=2, cache_tokens=800, time_scale=0.01, eviction="lru")
-    assert (res.requests["status"] == "ok").all()
+    df = res.requests
+    assert (df["status"] == "ok").all() and (df["worker"] >= 0).all()
+    # whole sequences are allocated at admission: after its prefill a request holds its prompt's full
+    # blocks (shared with any other request holding them) and the rest of its ceil((input + output - 1) / 16)
+    # blocks for the output; the requests running together on a worker never hold more than the cache's 50
+    hashes = read_trace(small_trace).df.set_index("request_id")["hash_ids"]
+    df = df.set_index("request_id", drop=False)
+    total = -(-(df["input_tokens"] + df["output_tokens"] - 1) // 16)
+    output_blocks = total - df["input_tokens"] // 16
+
+    def held(now: pd.DataFrame) -> int:
+        shared = set().union(*(set(np.asarray(hashes[r]).tolist()) for r in now.index))
+        return len(shared) + int(output_blocks[now.index].sum())
+
+    assert total.max() == 21 and most_at_once(df, held) <= 50
+    assert most_at_once(df) >= 2  # requests did share a worker's memory
+    stats = res.config["backend_config"]["cache_stats"]
+    assert sum(s["evicted_blocks"] for s in stats) > 0
     assert res.summary["hit_rate"] < res.summary["hit_rates"]["ideal"]
+    assert (df["cached_tokens"] % 16 == 0).all()
+
+
+def _prefill_floor(df: pd.DataFrame, steps) -> np.ndarray:
+    """Least possible TTFT of each row when its uncached prompt U takes ``steps(U)`` steps of the default
+    profile (the causal attention pairs add up to the same total however the prompt is cut)."""
+    p = load_profile("default")
+    cached = df["cached_tokens"].astype(int).to_numpy()
+    todo = df["input_tokens"].to_numpy() - cached
+    return np.array([steps(u) * p.step_base_s + u * p.prefill_token_s + attn_pairs(u, c) * p.prefill_attn_s
+                     for u, c in zip(todo, cached)])
 
 
 def test_unchunked_prefill_and_small_budgets(tmp_path, small_trace):
     res = run(tmp_path, small_trace, chunked_prefill=False, max_batched_tokens=128, max_num_seqs=2,
               time_scale=0.05)
-    assert (res.requests["status"] == "ok").all()
     chunked = run(tmp_path, small_trace, "c", max_batched_tokens=128, max_num_seqs=2, time_scale=0.05)
-    assert (chunked.requests["status"] == "ok").all()
+    for r in (res, chunked):
+        assert (r.requests["status"] == "ok").all()
+        assert most_at_once(r.requests) == 2  # max_num_seqs
+    # chunked: a prompt needs a step per 128 uncached tokens, so no TTFT is below that many steps
+    c = chunked.requests
+    assert (c["ttft_s"].to_numpy() >= _prefill_floor(c, lambda u: -(-u // 128)) - 1e-12).all()
+    # unchunked: a long prompt may run whole in one step; some did, faster than chunks could have
+    u = res.requests
+    one_step, in_chunks = _prefill_floor(u, lambda _: 1), _prefill_floor(u, lambda n: -(-n // 128))
+    ttft = u["ttft_s"].to_numpy()
+    assert (ttft >= one_step - 1e-12).all()
+    long = (u["input_tokens"] - u["cached_tokens"].astype(int)).to_numpy() > 128
+    assert (long & (ttft < in_chunks - 1e-12)).any()
+    assert (long & np.isclose(ttft, one_step, rtol=0, atol=1e-12)).any()  # alone, in exactly one step
 
 
 def test_ctrl_c_keeps_finished_rows_and_cancels_the_rest(tmp_path, small_trace, monkeypatch):

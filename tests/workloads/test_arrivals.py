@@ -21,8 +21,10 @@ def test_poisson_constant_inf_trace():
     assert t[0] == 0 and (np.diff(t) >= 0).all() and abs(np.diff(t).mean() - 0.25) < 0.02
     assert arrival_times(4, ArrivalSpec("constant", 2.0), rng).tolist() == [0.0, 0.5, 1.0, 1.5]
     assert arrival_times(3, ArrivalSpec("poisson", float("inf")), rng).tolist() == [0, 0, 0]
-    src = np.array([100.0, 101.0, 100.5, 104.0])
-    assert arrival_times(4, ArrivalSpec("trace"), rng, src, 0.5).tolist() == [0.0, 0.5, 0.5, 2.0]
+    src = np.array([100.0, 100.5, 101.0, 104.0])
+    assert arrival_times(4, ArrivalSpec("trace"), rng, src, 0.5).tolist() == [0.0, 0.25, 0.5, 2.0]
+    with pytest.raises(ValueError, match="sorted"):  # importers sort first; squashing would lose gaps
+        arrival_times(4, ArrivalSpec("trace"), rng, np.array([100.0, 101.0, 100.5, 104.0]))
 
 
 def test_seeded():

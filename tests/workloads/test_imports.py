@@ -163,3 +163,27 @@ def test_azure_2024_timezone_timestamps_and_bad_time(cli, tmp_path):
     path.write_text(path.read_text() + "yesterday,5,5\n", encoding="utf-8")
     r = cli("generate", "trace", "--format", "azure", "--input", path, "-o", out)
     assert r.code == 2 and f"{path}:4:" in r.message and "TIMESTAMP" in r.message
+
+
+def test_out_of_order_timestamps_are_sorted_stably_and_recorded(cli, tmp_path):
+    import json
+
+    rows = [
+        {"timestamp": 3000, "input_length": 600, "output_length": 2, "hash_ids": [1, 2]},
+        {"timestamp": 1000, "input_length": 700, "output_length": 3, "hash_ids": [1, 3]},
+        {"timestamp": 1000, "input_length": 800, "output_length": 4, "hash_ids": [5, 6]},
+        {"timestamp": 2500, "input_length": 900, "output_length": 5, "hash_ids": [1, 2]},
+    ]
+    src = tmp_path / "disorder.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m.parquet"
+    r = cli("generate", "trace", "--format", "mooncake", "--input", src, "-o", out)
+    assert r.code == 0, r.message
+    trace = read_trace(out)
+    df = trace.df.sort_values("arrival_s", kind="stable")
+    # every recorded gap survives (a running maximum would have put the 2.5 s row at 3 s), equal times
+    # keep file order
+    assert df["arrival_s"].tolist() == [0.0, 0.0, 1.5, 2.0]
+    assert df["input_tokens"].tolist() == [700, 800, 900, 600]
+    assert trace.meta.params["rows_reordered_by_timestamp"] == 4
+    assert "sorted into time order" in trace.meta.source
