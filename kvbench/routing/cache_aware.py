@@ -33,7 +33,7 @@ from typing import Any
 
 from kvbench.errors import fail
 from kvbench.routing.base import Router, RouterConfig, RouteRequest, resolve_params
-from kvbench.routing.radix import RadixTree, symbols
+from kvbench.routing.radix import WorkerTrees, symbols
 
 # Every value each set fixes; a set must name all of them so that choosing it says what ran.
 DEFAULT_SETS = {
@@ -86,9 +86,7 @@ class CacheAwareRouter(Router):
         self.abs_threshold = float(self.params["balance_abs_threshold"])
         self.rel_threshold = float(self.params["balance_rel_threshold"])
         self.max_tree_size = int(self.params["max_tree_size"])
-        self.interval = float(self.params["eviction_interval_s"])
-        self.trees = [RadixTree() for _ in range(self.n)]
-        self.last_prune: float | None = None
+        self.trees = WorkerTrees(self.n, float(self.params["eviction_interval_s"]))
         self.last_decision = ""  # "imbalanced" | "cache_hit" | "fallback", for tests and debugging
 
     def is_imbalanced(self, live: list[int]) -> bool:
@@ -100,7 +98,7 @@ class CacheAwareRouter(Router):
         return min(live, key=lambda w: (self.outstanding[w], w))
 
     def choose(self, req: RouteRequest, now: float) -> int:
-        self._maybe_prune(now)
+        self.trees.maybe_prune(now, self.max_tree_size)
         live = self.live_workers()
         seq = symbols(req.prompt, req.prompt_token_ids, req.hash_ids)
         if self.is_imbalanced(live):
@@ -126,11 +124,3 @@ class CacheAwareRouter(Router):
                     w = self.least_loaded(live)
         self.trees[w].insert(seq, now)
         return w
-
-    def _maybe_prune(self, now: float) -> None:
-        if self.last_prune is None:
-            self.last_prune = now
-        elif now - self.last_prune >= self.interval:
-            self.last_prune = now
-            for t in self.trees:
-                t.prune(self.max_tree_size)

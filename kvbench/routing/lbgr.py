@@ -37,7 +37,7 @@ import numpy as np
 
 from kvbench.errors import fail
 from kvbench.routing.base import Completion, Router, RouterConfig, RouteRequest
-from kvbench.routing.radix import RadixTree
+from kvbench.routing.radix import WorkerTrees
 from kvbench.routing.rls import RecursiveLeastSquares
 
 _BIAS = np.ones(1)
@@ -81,10 +81,8 @@ class LbgrRouter(Router):
         self.margin = float(p["tie_margin_ms"])
         self.models = [RecursiveLeastSquares(1, float(p["rls_lambda"]), float(p["rls_p0"]), max_trace=math.inf)
                        for _ in range(self.n)]
-        self.trees = [RadixTree() for _ in range(self.n)]
+        self.trees = WorkerTrees(self.n, float(p["eviction_interval_s"]))
         self.max_tree_tokens = int(p["max_tree_tokens"])
-        self.interval = float(p["eviction_interval_s"])
-        self.last_prune: float | None = None
         self.tokens_per_symbol = 1  # block-hash symbols stand for block_size tokens each
         self.load = [0] * self.n  # integer milliseconds, as the paper's atomic counters
         self.ticks_done = [0] * self.n  # decay ticks already applied to each load
@@ -135,7 +133,7 @@ class LbgrRouter(Router):
         return max(1.0, base + self.alpha_queue * load + self.bias(w)), base, load
 
     def choose(self, req: RouteRequest, now: float) -> int:
-        self._maybe_prune(now)
+        self.trees.maybe_prune(now, self.max_tree_tokens // self.tokens_per_symbol)
         best, best_pred = -1, math.inf
         self._scan.clear()
         for w in self.live_workers():
@@ -174,14 +172,6 @@ class LbgrRouter(Router):
         residual = max(1.0, result.e2e_s * 1000.0 - (base + self.alpha_queue * load))
         self.models[worker].update(_BIAS, residual)
         self.trees[worker].insert(seq, now)
-
-    def _maybe_prune(self, now: float) -> None:
-        if self.last_prune is None:
-            self.last_prune = now
-        elif now - self.last_prune >= self.interval:
-            self.last_prune = now
-            for tree in self.trees:
-                tree.prune(self.max_tree_tokens // self.tokens_per_symbol)
 
     def describe(self) -> dict:
         out = super().describe()

@@ -110,3 +110,27 @@ class RadixTree:
                 heapq.heappush(heap, (parent.last, tie, parent))
                 tie += 1
         return removed
+
+
+class WorkerTrees:
+    """One tree per worker, pruned least-recently-used first every ``interval_s`` of the caller's clock.
+
+    SGLang's router (and the RLT paper's fork of it) prunes from a background thread on a timer; driving the
+    same pruning from the routing calls' ``now`` makes it happen at the same points in simulated time.
+    """
+
+    def __init__(self, workers: int, interval_s: float):
+        self.trees = [RadixTree() for _ in range(workers)]
+        self.interval = interval_s
+        self.last_prune: float | None = None
+
+    def __getitem__(self, worker: int) -> RadixTree:
+        return self.trees[worker]
+
+    def maybe_prune(self, now: float, max_size: int) -> None:
+        if self.last_prune is None:
+            self.last_prune = now
+        elif now - self.last_prune >= self.interval:
+            self.last_prune = now
+            for tree in self.trees:
+                tree.prune(max_size)

@@ -37,7 +37,7 @@ def test_sglang_046_preset_sets_every_value_of_the_papers_router():
     assert r.params["eviction_interval_s"] == 60.0
     assert r.params["max_tree_size"] == 2**24 == 16_777_216
     assert r.params["fallback"] == "smallest_tree"
-    assert (r.cache_threshold, r.abs_threshold, r.rel_threshold, r.interval, r.max_tree_size) == \
+    assert (r.cache_threshold, r.abs_threshold, r.rel_threshold, r.trees.interval, r.max_tree_size) == \
         (0.5, 32, 1.0001, 60.0, 2**24)
     assert r.describe() == {"name": "cache_aware", "defaults": "sglang-0.4.6", "cache_threshold": 0.5,
                             "balance_abs_threshold": 32, "balance_rel_threshold": 1.0001,
@@ -53,7 +53,7 @@ def test_every_set_names_every_value_and_explicit_values_override():
             cli.params["fallback"], cli.params["max_tree_size"], cli.params["eviction_interval_s"]) == \
         (0.3, 64, 1.5, "least_load", 2**26, 60.0)
     over = ca(defaults="sglang-0.4.6", fallback="least_load", max_tree_size="1000", eviction_interval_s="5")
-    assert (over.params["fallback"], over.max_tree_size, over.interval) == ("least_load", 1000, 5.0)
+    assert (over.params["fallback"], over.max_tree_size, over.trees.interval) == ("least_load", 1000, 5.0)
     assert over.cache_threshold == 0.5
 
 
