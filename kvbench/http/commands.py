@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """OpenAI-compatible reverse proxy that routes requests with a kvbench router."""
         from kvbench.http.gateway import GatewayConfig, serve
-        from kvbench.routing import ROUTERS
+        from kvbench.routing import ROUTERS, RouterConfig, make_router
 
         if router not in ROUTERS:
             raise fail(f"--router {router}: unknown router (known: {', '.join(ROUTERS)})")
@@ -38,11 +38,15 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--port {port}: must be between 1 and 65535")
         if block_size is not None and block_size <= 0:
             raise fail(f"--block-size {block_size}: must be positive")
-        target = parse_target(workers)
+        target = parse_target(workers, "--workers")
         config = GatewayConfig(workers=target.urls, router=router, seed=seed,
                                block_size=block_size or target.block_size,
                                router_params=parse_key_values(router_param, "--router-param"),
                                tokenizer=tokenizer, timeout_s=timeout)
+        # every parameter is checked before the gateway says it is routing (the real router is built at
+        # start-up, once the workers' block size and capacity are known)
+        make_router(router, RouterConfig(workers=len(target.urls), block_size=block_size or 16, seed=seed,
+                                         params=dict(config.router_params)))
         try:
             serve(config, host=host, port=port)
         except OSError as exc:

@@ -49,6 +49,13 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response(body, status=status)
 
 
+MAX_TOKEN_ID = (1 << 31) - 1
+
+
+class BadPrompt(ValueError):
+    """The request's prompt is not one the OpenAI API accepts (answered with 400)."""
+
+
 def request_token_ids(body: dict[str, Any], tokenizer) -> tuple[list[int], str | None]:
     """Token ids the router hashes: the prompt's ids when given, else the tokenized text."""
     prompt = body.get("prompt")
@@ -57,7 +64,10 @@ def request_token_ids(body: dict[str, Any], tokenizer) -> tuple[list[int], str |
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, list):
-        return [int(t) for t in prompt], None
+        # JSON numbers other than whole non-negative integers (1e23, 1.5, true, null, "x") are no token ids
+        if not all(type(t) is int and 0 <= t <= MAX_TOKEN_ID for t in prompt):
+            raise BadPrompt("'prompt' must be a string, or a list of token ids (integers from 0 to 2^31-1)")
+        return list(prompt), None
     if isinstance(prompt, str):
         return tokenizer.encode(prompt), prompt
     messages = body.get("messages")
@@ -72,6 +82,15 @@ def request_token_ids(body: dict[str, Any], tokenizer) -> tuple[list[int], str |
         text = "\n".join(parts)
         return tokenizer.encode(text), text
     return [], None
+
+
+async def _to_client(write: Any) -> bool:
+    """Await a write to the client; False when the client has gone away."""
+    try:
+        await write
+        return True
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        return False
 
 
 def _usage_from_tail(tail: bytes) -> dict[str, Any] | None:
@@ -151,6 +170,15 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------ handlers
     async def health(self, request: web.Request) -> web.Response:
+        """Asks every worker now: a killed worker shows dead here at once, not after a failed request."""
+        if self.router is not None:
+            answers = await asyncio.gather(*(self._healthy(u) for u in self.urls))
+            for w, up in enumerate(answers):
+                if not up:
+                    self._mark_dead(w, "/health does not answer")
+                elif not self.router.alive[w]:
+                    self.router.set_alive(w, True)
+                    self.log(f"worker {self.urls[w]} is healthy again")
         alive = list(self.router.alive) if self.router else [False] * len(self.urls)
         body = {"workers": [{"url": u, "alive": a, "served": n} for u, a, n in zip(self.urls, alive, self.served)],
                 "router": self.router.describe() if self.router else None, "block_size": self.block_size}
@@ -181,7 +209,11 @@ class Gateway:
             return _json_error(400, "request body is not valid JSON")
         if not isinstance(body, dict):
             return _json_error(400, "request body must be a JSON object")
-        ids, text = request_token_ids(body, self.tokenizer)
+        try:
+            # a long text prompt takes a while to tokenize: off the event loop, so other requests keep flowing
+            ids, text = await asyncio.to_thread(request_token_ids, body, self.tokenizer)
+        except BadPrompt as exc:
+            return _json_error(400, str(exc))
         out_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
         session_id = body.get("user") or request.headers.get("X-Session-Id")
         req = RouteRequest(request_id=f"gw-{next(self._ids)}", input_tokens=len(ids),
@@ -216,15 +248,19 @@ class Gateway:
                     if h in up.headers:
                         resp.headers[h] = up.headers[h]
                 resp.headers["X-Kvbench-Worker"] = str(w)
-                await resp.prepare(request)
+                # Errors writing to the client are the client's (it hung up, timed out, cancelled) and never
+                # count against the worker; only errors reading from the worker below do.
+                if not await _to_client(resp.prepare(request)):
+                    return resp
                 async for chunk in up.content.iter_any():
                     if first is None:
                         first = time.monotonic()
                     tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
-                    await resp.write(chunk)
-                await resp.write_eof()
-                ok = up.status == 200
-                self.served[w] += 1
+                    if not await _to_client(resp.write(chunk)):
+                        return resp  # leaving the block closes the upstream stream: the worker stops
+                if await _to_client(resp.write_eof()):
+                    ok = up.status == 200
+                    self.served[w] += 1
                 return resp
         except aiohttp.ClientConnectorError as exc:
             self._mark_dead(w, f"cannot connect ({exc.os_error or exc})")

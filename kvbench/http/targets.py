@@ -30,16 +30,17 @@ def normalize_url(url: str, where: str) -> str:
     return u
 
 
-def parse_target(target: str) -> Target:
+def parse_target(target: str, flag: str = "--target") -> Target:
+    """``flag`` names the option the value came from in every error (``--target``, ``--workers``)."""
     text = target.strip()
     if not text:
-        raise fail("--target is empty; give comma-separated worker URLs or a cluster.json")
+        raise fail(f"{flag} is empty; give comma-separated worker URLs or a cluster.json")
     if "://" in text:
-        urls = [normalize_url(u, "--target") for u in text.split(",") if u.strip()]
+        urls = [normalize_url(u, flag) for u in text.split(",") if u.strip()]
         if len(set(urls)) != len(urls):
-            raise fail(f"--target lists the same URL twice ({text}); give each worker once")
+            raise fail(f"{flag} lists the same URL twice ({text}); give each worker once")
         return Target(urls=urls, source="urls")
-    return read_cluster_file(Path(text))
+    return read_cluster_file(Path(text), flag)
 
 
 def _endpoint_url(entry: Any) -> str | None:
@@ -52,10 +53,10 @@ def _endpoint_url(entry: Any) -> str | None:
     return None
 
 
-def read_cluster_file(path: Path) -> Target:
+def read_cluster_file(path: Path, flag: str = "--target") -> Target:
     """Read the endpoints (and model, block size, eviction) a cluster file records."""
     if not path.exists():
-        raise fail(f"--target {path}: neither URLs (http://...) nor an existing cluster.json; "
+        raise fail(f"{flag} {path}: neither URLs (http://...) nor an existing cluster.json; "
                    f"start workers with `kvbench cluster up ... -o {path}`")
     data = read_cluster(path)
     entries = data.get("workers", data.get("endpoints"))
