@@ -39,6 +39,29 @@ def _first_char(path: Path, expected: str) -> str:
 
 def records(path: Path, expected: str) -> Iterator[Row]:
     """JSON (a list of objects, or one object wrapping such a list) or JSON Lines."""
+    for where, rec in _records(path, expected):
+        _no_lone_surrogates(path, where, rec)
+        yield where, rec
+
+
+def _no_lone_surrogates(path: Path, where: int, value: Any) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); such text cannot be encoded, tokenized or written."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            raise fail(f"{path}:{where}: text holds an unpaired surrogate ({bad!r}), which is not valid Unicode; "
+                       f"fix or delete that record") from None
+    elif isinstance(value, dict):
+        for v in value.values():
+            _no_lone_surrogates(path, where, v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_lone_surrogates(path, where, v)
+
+
+def _records(path: Path, expected: str) -> Iterator[Row]:
     first = _first_char(path, expected)
     if first == "[":
         yield from _read_json_array(path, expected)
