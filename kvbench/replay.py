@@ -320,6 +320,28 @@ def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str]) -> li
     return combos
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them.
+
+    The Python-level handler runs in the main thread whichever thread the OS delivered the signal to, so a
+    thread signal mask cannot defer it; swapping the handlers for a recorder can.
+    """
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = old[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            else:
+                raise KeyboardInterrupt
+
+
 def _child_init() -> None:
     # The parent owns Ctrl-C; a terminated child raises SystemExit so atomic writes clean up after themselves.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -387,7 +409,10 @@ def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> di
                     _, err, summary = _child_run(c.spec)
                     _collect(c, err, summary, results, errors, bar, task)
             else:
-                pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_child_init)
+                # Ctrl-C / SIGTERM wait until every worker has its start-up data: a signal that cut the parent's
+                # write to a starting child would leave it to die with a traceback on a half-read pipe.
+                with _signals_deferred():
+                    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_child_init)
                 for out, err, summary in pool.imap_unordered(_child_run, [c.spec for c in combos]):
                     _collect(by_out[out], err, summary, results, errors, bar, task)
                 pool.close()
@@ -499,7 +524,10 @@ def register(app: typer.Typer) -> None:
         try:
             results = run_sweep(combos, min(n_jobs, len(combos)), progress)
         except KeyboardInterrupt:
-            raise interrupted(f"finished combinations kept under {output}") from None
+            with contextlib.suppress(OSError):
+                Path(output).rmdir()  # only when empty: nothing finished, so leave no folder behind
+            kept = sum((Path(c.spec.output) / "run.json").exists() for c in combos)
+            raise interrupted(f"{kept} of {len(combos)} combinations finished and kept under {output}") from None
         _print_table(results)
         typer.echo(str(output))
         _say_failures(results)

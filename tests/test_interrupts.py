@@ -65,3 +65,33 @@ def test_typer_exit_inside_a_command_reaches_the_shell(monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli.main()
     assert info.value.code == 130
+
+
+def test_sigterm_during_a_parallel_sweep_is_exit_130_one_line_and_no_debris(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    trace = tmp_path / "t.parquet"
+    gen = subprocess.run([sys.executable, "-m", "kvbench", "generate", "gsp", "--groups", "1000",
+                          "--prompts-per-group", "20", "--lengths", "256", "--rate", "1000", "--output-tokens",
+                          "1000", "--seed", "0", "-o", str(trace)], capture_output=True, text=True)
+    assert gen.returncode == 0, gen.stderr
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "kvbench", "replay", str(trace), "--target", "sim",
+                             "--workers", "2", "--eviction", "lru,rlt", "--router", "round_robin", "--jobs", "2",
+                             "-o", str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "lru-round_robin").exists():  # the sweep has started: its folders exist
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("kvbench: interrupted: ")
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert not [p for p in left if p.name.endswith(".tmp")]
+    for run_dir in {p.parent for p in left if p.is_file()}:
+        assert (run_dir / "run.json").exists()  # only finished runs stay
