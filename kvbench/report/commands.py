@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         with err.status(f"reading runs and building the {fmt} report..."):
             text, report = make_report(paths, baseline, fmt)
         for path, reason in report.skipped:
-            err.print(f"kvbench: warning: skipped {path}: {reason}", markup=False, highlight=False)
+            err.print(f"kvbench: warning: skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
         if not report.runs:
             where = ", ".join(str(p) for p in paths)
             raise fail(f"{where}: no finished runs found (a run is a folder with run.json and requests.parquet); "
