@@ -85,6 +85,49 @@ def block_hashes(token_ids: np.ndarray, block_size: int) -> np.ndarray:
     return chain(block_content_hashes(token_ids, block_size))
 
 
+class GrowingSequence:
+    """Hash ids of a sequence that only grows (a conversation's history), each token hashed once.
+
+    Block ``i``'s id depends on blocks ``0..i`` only, through the running sum of :func:`chain`, so appending
+    tokens never changes earlier ids: :meth:`ids_with` prices a prompt of history + new tokens in time
+    proportional to the new tokens, where hashing the whole prompt again would make a long conversation
+    quadratic.
+    """
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.length = 0
+        self._ids: list[np.ndarray] = []  # hash ids of the full blocks so far, in pieces
+        self._n_blocks = 0
+        self._acc = np.uint64(0)  # sum of c_j * P^-j over the full blocks so far
+        self._tail = np.zeros(0, dtype=np.int64)  # tokens after the last full block
+
+    def _continue(self, tokens: np.ndarray) -> tuple[np.ndarray, np.uint64, np.ndarray]:
+        seq = np.concatenate([self._tail, np.asarray(tokens, dtype=np.int64)])
+        n = len(seq) // self.block_size
+        if n == 0:
+            return np.empty(0, dtype=np.int64), self._acc, seq
+        c = mix64(block_content_hashes(seq, self.block_size))
+        j = np.arange(self._n_blocks, self._n_blocks + n)
+        with np.errstate(over="ignore"):
+            p_inv, p = _pow_table(_P_INV, int(j[-1]) + 1)[j], _pow_table(_P, int(j[-1]) + 1)[j]
+            acc = self._acc + np.cumsum(c * p_inv, dtype=np.uint64)
+            ids = mix64(acc * p).view(np.int64)
+        return ids, acc[-1], seq[n * self.block_size:]
+
+    def ids_with(self, tokens: np.ndarray) -> np.ndarray:
+        """Hash ids of this sequence followed by ``tokens`` (the sequence itself is unchanged)."""
+        new, _, _ = self._continue(tokens)
+        return np.concatenate([*self._ids, new]) if self._ids else new
+
+    def extend(self, tokens: np.ndarray) -> None:
+        new, self._acc, self._tail = self._continue(tokens)
+        if len(new):
+            self._ids.append(new)
+            self._n_blocks += len(new)
+        self.length += len(tokens)
+
+
 def coarsen(hash_ids: np.ndarray, factor: int) -> np.ndarray:
     """Hash ids at ``factor`` times the block size: the last fine id of each coarse block."""
     hash_ids = np.asarray(hash_ids)

@@ -94,3 +94,17 @@ def test_unknown_format_version_is_refused(tmp_path):
     path = write_trace(tmp_path / "t.parquet", _frame([[1, 2, 3, 4, 5]]), meta)
     with pytest.raises(KvbenchError, match=r"format_version '99' is not one this kvbench reads .*regenerate"):
         read_trace(path)
+
+
+def test_a_growing_sequence_hashes_like_the_whole_prompt():
+    from kvbench.hashing import GrowingSequence
+
+    rng = np.random.default_rng(0)
+    grown, whole = GrowingSequence(16), np.zeros(0, dtype=np.int64)
+    for k in range(60):
+        user, answer = rng.integers(0, 1000, rng.integers(0, 40)), rng.integers(0, 1000, rng.integers(0, 40))
+        assert np.array_equal(grown.ids_with(user), block_hashes(np.concatenate([whole, user]), 16)), k
+        grown.extend(user)
+        grown.extend(answer)
+        whole = np.concatenate([whole, user, answer])
+        assert grown.length == len(whole)

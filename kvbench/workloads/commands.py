@@ -371,7 +371,7 @@ def conversation(
     else:
         convs, source = cv.load_conversations(ds, input_file("--input", input) if input is not None else None)
     rows, padded = cv.generate_conversations(
-        cfg, convs, codec, rng, not synthetic if prompt_text is None else prompt_text
+        cfg, convs, codec, rng, not synthetic if prompt_text is None else prompt_text, token_ids, block_size
     )
     if padded:
         build.warn(f"{padded} turn(s) synthesized because source conversations were shorter than --turns")

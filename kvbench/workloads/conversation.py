@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from kvbench.errors import fail
+from kvbench.hashing import GrowingSequence
 from kvbench.workloads.arrivals import ArrivalSpec, arrival_times
 from kvbench.workloads.build import Rows, tracked, warn
 from kvbench.workloads.readers import Row, as_text, hub_rows, records
@@ -219,8 +220,15 @@ def generate_conversations(
     codec: TextCodec,
     rng: np.random.Generator,
     with_text: bool,
+    keep_token_ids: bool = True,
+    block_size: int = 16,
 ) -> tuple[Rows, int]:
-    """Rows plus the number of turns that had to be synthesized because a source was too short."""
+    """Rows plus the number of turns that had to be synthesized because a source was too short.
+
+    Each turn's hash ids extend the session's (every history token is hashed once), and without token ids
+    or text no prompt is ever materialized, so a long conversation costs time in proportion to what it
+    writes, not to the square of its turns.
+    """
     source = TurnSource(cfg, codec, rng)
     if convs is None:
         plan: list[tuple[Conversation | None, int]] = [
@@ -235,6 +243,7 @@ def generate_conversations(
     for s, (conv, n_turns) in enumerate(tracked(plan, "building sessions", total=len(plan))):
         session = f"conv-{s:05d}"
         history: list[Segment] = []
+        hashed = GrowingSequence(block_size)
         t = starts[s]
         for k in range(n_turns):
             if conv is not None and k < len(conv.pairs):
@@ -242,20 +251,25 @@ def generate_conversations(
             else:
                 turn = source.synthetic()
                 padded += conv is not None
-            prompt = join(history + [turn.user], text_codec)
+            materialize = keep_token_ids or with_text
+            prompt = join(history + [turn.user], text_codec) if materialize else None
             if k > 0:
                 t += cfg.think_s
             rows.add(
                 request_id=f"{session}-t{k:02d}",
                 arrival_s=t,
-                tokens=prompt.ids,
+                tokens=prompt.ids if prompt is not None else None,
+                hash_ids=hashed.ids_with(turn.user.ids),
+                input_tokens=hashed.length + len(turn.user),
                 output_tokens=len(turn.answer),
                 session_id=session,
                 turn=k,
                 think_s=cfg.think_s if k > 0 else 0.0,
                 group_id=session,
                 user_tokens=len(turn.user),
-                prompt=prompt.text if with_text else None,
+                prompt=prompt.text if with_text and prompt is not None else None,
             )
             history += [turn.user, turn.answer]
+            hashed.extend(turn.user.ids)
+            hashed.extend(turn.answer.ids)
     return rows, padded

@@ -149,3 +149,17 @@ def test_synthetic_rlt_shape(cli, tmp_path):
     _check_history(df)
     meta = read_trace(out).meta
     assert meta.synthetic and meta.params["turns"] == "2,4,6,8"
+
+
+def test_without_token_ids_the_hash_ids_are_those_of_the_full_prompts(cli, tmp_path):
+    import pandas as pd
+
+    base = ["generate", "conversation", "--dataset", "sharegpt", "--synthetic", "--turns", "12", "--conversations",
+            "3", "--user-turn-tokens", "20", "--output-tokens", "7", "--seed", "5"]
+    full, bare = tmp_path / "full.parquet", tmp_path / "bare.parquet"
+    assert cli(*base, "-o", full).code == 0
+    assert cli(*base, "--no-token-ids", "--no-prompt-text", "-o", bare).code == 0
+    a, b = pd.read_parquet(full), pd.read_parquet(bare)
+    assert b["prompt_token_ids"].isna().all() and b["prompt"].isna().all()
+    assert a["input_tokens"].tolist() == b["input_tokens"].tolist()
+    assert [list(x) for x in a["hash_ids"]] == [list(x) for x in b["hash_ids"]]
