@@ -75,7 +75,7 @@ def main() -> None:
         print(f"kvbench: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Abort:
-        print("kvbench: interrupted", file=sys.stderr)
+        print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
         sys.exit(130)
     except KvbenchError as exc:
         print(f"kvbench: error: {exc}", file=sys.stderr)
@@ -87,13 +87,13 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         if not interrupt_announced():
-            print("kvbench: interrupted", file=sys.stderr)
+            print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
         sys.exit(130)
     # Without standalone mode click hands back a command's `typer.Exit(code)` instead of exiting with it,
     # and typer turns an unhandled KeyboardInterrupt into Exit(130).
     if isinstance(code, int) and code:
         if code == 130 and not interrupt_announced():
-            print("kvbench: interrupted", file=sys.stderr)
+            print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
         sys.exit(code)
 
 

@@ -95,3 +95,53 @@ def test_sigterm_during_a_parallel_sweep_is_exit_130_one_line_and_no_debris(tmp_
     assert not [p for p in left if p.name.endswith(".tmp")]
     for run_dir in {p.parent for p in left if p.is_file()}:
         assert (run_dir / "run.json").exists()  # only finished runs stay
+
+
+def test_sigterm_while_writing_a_trace_leaves_no_temporary_file(monkeypatch, tmp_path):
+    import pyarrow.parquet as pq
+
+    real = pq.write_table
+
+    def write_then_terminate(table, where, **kw):
+        real(table, where, **kw)  # the temporary file now exists, half way to its rename
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(pq, "write_table", write_then_terminate)
+    out = tmp_path / "t.parquet"
+    monkeypatch.setattr("sys.argv", ["kvbench", "generate", "gsp", "--groups", "2", "--prompts-per-group", "2",
+                                     "--lengths", "64", "-o", str(out)])
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert info.value.code == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_kvbench_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """The real signal at a real point: once the first run of the spec has finished."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[1] / "workloads" / "quickstart.toml"
+    base = [sys.executable, "-m", "kvbench", "run", str(spec), "--reduced", "--jobs", "1", "--no-report"]
+    clean = subprocess.run([*base, "-o", str(tmp_path / "clean")], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([*base, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/**/job.key")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no run finished"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the whole spec finished before the signal arrived")  # reported as a failure in CI
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("kvbench: interrupted: "), err
+    resumed = subprocess.run([*base, "-o", str(out)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "summary.csv").read_bytes() == (tmp_path / "clean" / "summary.csv").read_bytes()
