@@ -74,9 +74,8 @@ def main() -> None:
     except click_exc.ClickException as exc:
         print(f"kvbench: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        _exit_interrupted()
     except KvbenchError as exc:
         print(f"kvbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -85,16 +84,19 @@ def main() -> None:
         reason = exc.strerror or str(exc)
         print(f"kvbench: error: {where}: {reason}" if where else f"kvbench: error: {reason}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        if not interrupt_announced():
-            print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
-        sys.exit(130)
     # Without standalone mode click hands back a command's `typer.Exit(code)` instead of exiting with it,
     # and typer turns an unhandled KeyboardInterrupt into Exit(130).
+    if code == 130:
+        _exit_interrupted()
     if isinstance(code, int) and code:
-        if code == 130 and not interrupt_announced():
-            print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
         sys.exit(code)
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 with one line; a command that said what it kept has said it already."""
+    if not interrupt_announced():
+        print("kvbench: interrupted: stopped before finishing; no output was written half-way", file=sys.stderr)
+    sys.exit(130)
 
 
 def _interrupt(signum: int, frame: object) -> None:
