@@ -95,3 +95,14 @@ def test_run_with_only_failures(tmp_path: Path):
     # Only the completed run has latency curves.
     cdf = next(c for c in report.charts if c.title == "TTFT CDF")
     assert [t.name for t in cdf.figure.data] == ["fine"]
+
+
+def test_interrupted_and_failing_runs_are_flagged(tmp_path: Path):
+    from kvbench.report.synthetic import write_synthetic_run
+
+    cut = write_synthetic_run(tmp_path / "cut", name="cut", n=60, extra={"interrupted": True})
+    lossy = write_synthetic_run(tmp_path / "lossy", name="lossy", n=60, failed=5)
+    fine = write_synthetic_run(tmp_path / "fine", name="fine", n=60)
+    page = render_html(build_report(load_inputs([cut, lossy, fine])))
+    assert "interrupted (Ctrl-C): the run stopped early" in page
+    assert "lossy: 5 of 60 requests failed" in page
