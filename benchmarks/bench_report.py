@@ -26,8 +26,10 @@ from figures import FigureSet
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs
 from kvbench.report.page import render_html
-from kvbench.report.synthetic import write_synthetic_run
 from kvbench.report.table import to_csv, to_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: synthetic runs live with the tests
+from tests.report.synthetic import write_synthetic_run  # noqa: E402
 
 TARGET_S = 10.0
 TARGET_MB = 10.0
@@ -49,7 +51,6 @@ def write_runs(root: Path, runs: int, requests: int) -> None:
 
 def browser_render_ms(page: Path) -> tuple[float, float] | None:
     """(wall seconds to load and draw, in-page ms until the last chart resolved), or None without Chromium."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     try:
         from tests.report.report_cdp import find_chromium, load_page
     except ImportError:

@@ -450,7 +450,7 @@ def register(app: typer.Typer) -> None:
                                  help="Parallel replay processes (simulator; a real --target runs one at a time)."),
         seeds: str = typer.Option(None, "--seeds", help="Override the spec's seeds, e.g. 0,1."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
-        reduced: bool = typer.Option(False, "--reduced", help="Run the spec's [reduced] version (a quick check)."),
+        reduced: bool = typer.Option(False, "--reduced", help="Run the spec's \\[reduced] version (a quick check)."),
     ) -> None:
         """Reproduce an experiment spec: traces, every combination over its seeds, summary.csv and report.html."""
         seed_list = None

@@ -82,7 +82,6 @@ class BackendResult:
     block_size: int | None = None  # the block size the backend really used (a server's own), if known
 
 
-SWEEP_LIST_FLAGS = ("eviction", "router")
 
 
 # ----------------------------------------------------------------------------------------- validation

@@ -48,7 +48,6 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
-STATUSES = ("ok", "error", "cancelled")
 
 
 def requests_table(rows: list[dict[str, Any]] | pd.DataFrame) -> pa.Table:

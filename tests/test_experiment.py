@@ -204,3 +204,8 @@ def test_spec_names_must_be_plain_folder_names(tmp_path: Path, name):
     bad.write_text(f'name = {json.dumps(name)}\n[generate]\nkind = "gsp"\n[replay]\nworkers = 2\n')
     with pytest.raises(KvbenchError, match="plain folder name"):
         load_spec(bad)
+
+
+def test_run_help_shows_the_reduced_table_name():
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert "[reduced] version" in result.output

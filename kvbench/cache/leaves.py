@@ -78,9 +78,6 @@ class LeafPolicy(EvictionPolicy):
     def evictable_count(self) -> int:
         return len(self._free)
 
-    def cached_count(self) -> int:
-        return len(self._kids)
-
     def _drop(self, key: int) -> None:
         parent = self._parent.pop(key)
         del self._kids[key]

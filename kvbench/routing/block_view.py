@@ -37,10 +37,6 @@ class BlockView:
                 hi = mid
         return lo
 
-    def match_all(self, hash_ids: np.ndarray) -> list[int]:
-        hs = hash_ids.tolist()
-        return [self.match(w, hs) for w in range(len(self.blocks))]
-
     def insert(self, worker: int, hash_ids: np.ndarray | list[int]) -> None:
         held = self.blocks[worker]
         hs = hash_ids if isinstance(hash_ids, list) else hash_ids.tolist()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tests.report.report_strings import IMG, XSS
 
-from kvbench.report.synthetic import write_synthetic_run
+from tests.report.synthetic import write_synthetic_run
 from kvbench.results import read_run, write_run
 
 COMBINATIONS = (("lru", "round_robin"), ("rlt", "lbgr"), ("arc", "cache_aware"))

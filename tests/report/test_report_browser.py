@@ -11,7 +11,7 @@ from tests.report.report_cdp import find_chromium, load_page
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs
 from kvbench.report.page import render_html
-from kvbench.report.synthetic import write_synthetic_run
+from tests.report.synthetic import write_synthetic_run
 
 pytestmark = pytest.mark.browser
 

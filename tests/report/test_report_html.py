@@ -46,7 +46,7 @@ def test_self_contained_with_plotly_once(sweep_dir: Path):
 
 
 def test_sections_and_charts(sweep_dir: Path, tmp_path: Path):
-    from kvbench.report.synthetic import write_synthetic_run
+    from tests.report.synthetic import write_synthetic_run
 
     other = write_synthetic_run(tmp_path / "other", name="chat-run", generator="sharegpt", n=60)
     report = build_report(load_inputs([sweep_dir, other], sweep_dir / "lru-round_robin-16384"))
@@ -84,7 +84,7 @@ def test_empty_inputs_make_a_report_that_says_so(tmp_path: Path):
 
 
 def test_run_with_only_failures(tmp_path: Path):
-    from kvbench.report.synthetic import write_synthetic_run
+    from tests.report.synthetic import write_synthetic_run
 
     dead = write_synthetic_run(tmp_path / "dead", name="dead", n=20, failed=20)
     ok = write_synthetic_run(tmp_path / "ok", name="fine", n=50)
@@ -98,7 +98,7 @@ def test_run_with_only_failures(tmp_path: Path):
 
 
 def test_interrupted_and_failing_runs_are_flagged(tmp_path: Path):
-    from kvbench.report.synthetic import write_synthetic_run
+    from tests.report.synthetic import write_synthetic_run
 
     cut = write_synthetic_run(tmp_path / "cut", name="cut", n=60, extra={"interrupted": True})
     lossy = write_synthetic_run(tmp_path / "lossy", name="lossy", n=60, failed=5)

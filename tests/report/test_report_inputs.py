@@ -4,7 +4,7 @@ import pytest
 
 from kvbench.errors import KvbenchError
 from kvbench.report.inputs import find_run_dirs, load_inputs
-from kvbench.report.synthetic import write_synthetic_run
+from tests.report.synthetic import write_synthetic_run
 
 
 def test_directory_of_runs_is_searched(sweep_dir: Path):
@@ -73,7 +73,7 @@ def test_duplicate_names_are_told_apart(tmp_path: Path):
 
 
 def test_run_without_summary_or_trace_meta_still_loads(tmp_path: Path):
-    from kvbench.report.synthetic import synthetic_rows
+    from tests.report.synthetic import synthetic_rows
     from kvbench.results import write_run
 
     write_run(tmp_path / "bare", synthetic_rows(60, 2, seed=3), {"eviction": "lru", "router": "random",

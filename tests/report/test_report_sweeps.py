@@ -2,7 +2,7 @@ from pathlib import Path
 
 from kvbench.report.inputs import load_inputs
 from kvbench.report.sweeps import find_sweeps
-from kvbench.report.synthetic import write_synthetic_run
+from tests.report.synthetic import write_synthetic_run
 
 
 def test_cache_sweep_gives_a_line_per_combination(sweep_dir: Path):

@@ -9,7 +9,7 @@ import pytest
 from kvbench.report.build import build_report
 from kvbench.report.inputs import load_inputs
 from kvbench.report.model import workload_identity
-from kvbench.report.synthetic import write_synthetic_run
+from tests.report.synthetic import write_synthetic_run
 from kvbench.report.table import summary_table, to_csv, to_json
 
 
