@@ -148,7 +148,7 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
         per_name[key] = table
     lists = {}
     for key in _LIST_FIELDS:
-        val = replay.pop(key, ReplaySpec.__dataclass_fields__[key].default)
+        val = replay.pop(key, ReplaySpec.__dataclass_fields__[key].default or "lru")
         vals = [val] if isinstance(val, str) else list(val)
         if not vals:
             raise fail(f"{where}: [replay] {key} is empty")
@@ -267,8 +267,9 @@ def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tu
             gens[trace] = ["generate", exp.gen_kind, *_cli_args(gen_args), "--seed", str(seed), "-o", str(trace)]
             for ev, rt in itertools.product(evictions, exp.routers):
                 run_dir = out / "runs" / (vtag or "base") / f"{ev}-{rt}" / f"seed{seed}"
+                real = bool(target) and target != "sim"  # a real cluster's policy parameters are its own
                 per_combo = {**replay, "router_params": exp.router_params.get(rt, {}),
-                             "eviction_params": exp.eviction_params.get(ev, {})}
+                             "eviction_params": {} if real else exp.eviction_params.get(ev, {})}
                 spec = ReplaySpec(trace=trace, output=run_dir, eviction=ev, router=rt, seed=seed,
                                   name=f"{exp.name}/{vtag + '/' if vtag else ''}{ev}+{rt}/seed{seed}",
                                   progress=False, **per_combo)

@@ -34,7 +34,7 @@ class ReplaySpec:
     trace: Path
     output: Path
     target: str = "sim"  # "sim" | "http://a,http://b" | path/to/cluster.json
-    eviction: str = "lru"
+    eviction: str | None = None  # None: the target's own (simulator: lru; a real cluster: what it runs)
     router: str = "round_robin"
     seed: int = 0
     workers: int = 4  # simulator only; the HTTP path uses one worker per URL
@@ -245,6 +245,13 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     from kvbench.results import compute_summary, write_run
     from kvbench.trace import ideal_hit_rate, read_trace
 
+    if spec.eviction is None:
+        spec = replace(spec, eviction="lru" if spec.is_sim else resolve_evictions(None, spec.target)[0])
+    if not spec.is_sim and spec.eviction_params:
+        # a real server's policy and its parameters are fixed when it starts: taking them here would record
+        # parameters that never ran
+        raise fail("--eviction-param: a real cluster's eviction parameters are set when it starts "
+                   "(`kvbench cluster up --eviction-param ...`); drop them here")
     validate_spec(spec)
     if spec.is_sim:  # record the parameters the policy really ran with (typed like its defaults)
         from kvbench.cache import policy_params
@@ -278,6 +285,10 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     rows = result.rows.reset_index(drop=True)
     summary = compute_summary(rows, len(result.workers), extra)
     config = assemble_config(spec, replayed, result, summary)
+    if result.block_size and result.block_size != spec.block_size:
+        # the servers' own block size is what ran; reports group runs by this value
+        config["requested_block_size"] = spec.block_size
+        config["block_size"] = result.block_size
     config["ideal_block_size"] = ideal_bs
     if ideal_note:
         config["ideal_note"] = ideal_note

@@ -97,7 +97,8 @@ def test_output_tokens_record_what_was_generated(tmp_path):
     rows = run(tmp_path, trace, workers=1).requests
     assert (rows["status"] == "ok").all() and (rows["output_tokens"] == 1).all()
     big = make_trace(tmp_path / "big.parquet", n_groups=1, per_group=2, prefix=64, suffix=16, output=3)
-    spec = ReplaySpec(trace=big, output=tmp_path / "f", cache_tokens=64, block_size=16, progress=False)
+    spec = ReplaySpec(trace=big, output=tmp_path / "f", eviction="lru", cache_tokens=64, block_size=16,
+                      progress=False)
     failed = run_sim(spec, read_trace(big)).rows  # the engine itself, past replay's up-front refusal
     assert (failed["status"] == "error").all() and (failed["output_tokens"] == 0).all()
 
@@ -109,7 +110,8 @@ def test_request_larger_than_the_cache_fails_cleanly(tmp_path):
     with pytest.raises(KvbenchError, match=r"--cache-tokens 64: no request fits.*--cache-tokens 96"):
         run(tmp_path, trace, cache_tokens=64, block_size=16)
     assert not (tmp_path / "run").exists()
-    spec = ReplaySpec(trace=trace, output=tmp_path / "e", cache_tokens=64, block_size=16, progress=False)
+    spec = ReplaySpec(trace=trace, output=tmp_path / "e", eviction="lru", cache_tokens=64, block_size=16,
+                      progress=False)
     rows = run_sim(spec, read_trace(trace)).rows  # the engine on its own still fails each one cleanly
     assert (rows["status"] == "error").all() and (rows["worker"] == -1).all()
     assert "raise --cache-tokens" in rows["error"].iloc[0] and "6 KV blocks" in rows["error"].iloc[0]
