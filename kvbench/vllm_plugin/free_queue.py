@@ -7,15 +7,31 @@ leave only when the policy names them as ``victim()``. So un-hashed blocks are a
 cached block is evicted, exactly as in vLLM, and ``num_free_blocks`` counts both parts.
 
 Which blocks the policy knows is decided by the block pool (``PolicyBlockPool``); the queue only asks.
+The pool guarantees that every free block with a hash is one the policy knows, so vLLM's own list
+holds un-hashed blocks only: nothing cached is ever evicted without the policy choosing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
 
 from kvbench.cache.policy import EvictionPolicy
+
+# Why ``iter_blocks_after`` is not offered (vLLM's SimpleCPUOffloadConnector calls it in lazy mode).
+# Its contract is "free blocks in eviction order after a cursor block": the connector remembers the
+# last block it walked and, each step, copies the next blocks due for eviction to CPU. That needs an
+# eviction order fixed in advance and stable between steps (vLLM's LRU list has one). A kvbench policy
+# has neither: ``victim()`` decides only when a block is needed (at random for rlt and randomleaf, from
+# counters every later event changes for lfu, s3fifo and arc), and the policy interface has no way to
+# peek at future victims. Any order we could hand out would make the connector save blocks the policy
+# does not evict and lose the ones it does, silently. So the plugin refuses lazy offload at start-up
+# (``kvbench.vllm_plugin.guards``), and this method only explains itself if some other caller tries.
+NO_EVICTION_ORDER = (
+    "a kvbench eviction policy picks each victim when a block is needed, so there is no eviction order "
+    "to walk ahead of time"
+)
 
 
 class PolicyFreeQueue:
@@ -29,9 +45,12 @@ class PolicyFreeQueue:
         self.policy = policy
         self._is_known = is_known  # block id -> is it cached and held by the policy?
         self._forget = forget  # policy key the policy just gave up as a victim -> its block id
+        # vLLM's own list, built over every block in id order: the null block (id 0) is its head, so the
+        # pool's first popleft() returns it, as vLLM's BlockPool expects.
         self._plain = FreeKVCacheBlockQueue(blocks)
         self._cached: dict[int, KVCacheBlock] = {}
 
+    # num_free_blocks stays exact: every free block is in exactly one of the two parts.
     @property
     def num_free_blocks(self) -> int:
         return self._plain.num_free_blocks + len(self._cached)
@@ -50,6 +69,8 @@ class PolicyFreeQueue:
             return []
         if n > self.num_free_blocks:
             raise ValueError(f"Cannot pop {n} blocks: only {self.num_free_blocks} are free")
+        # Un-hashed blocks are reused before any cached block is evicted; the policy is asked only for
+        # the rest.
         take = min(n, self._plain.num_free_blocks)
         out = self._plain.popleft_n(take) if take else []
         for _ in range(n - take):
@@ -99,3 +120,6 @@ class PolicyFreeQueue:
 
     def get_all_free_blocks(self) -> list[KVCacheBlock]:
         return self._plain.get_all_free_blocks() + list(self._cached.values())
+
+    def iter_blocks_after(self, cursor: KVCacheBlock | None) -> Iterator[KVCacheBlock]:
+        raise RuntimeError(f"iter_blocks_after (vLLM's lazy CPU offload) is not supported: {NO_EVICTION_ORDER}")

@@ -66,20 +66,31 @@ class VllmCache:
         self.pool = self.mgr.block_pool
         self.n = 0
 
-    def start(self, ids: list[int]):
+    def request(self, ids: list[int], salt: str | None = None, lora=None) -> Request:
         self.n += 1
-        req = Request(str(self.n), ids, SamplingParams(max_tokens=1), None, block_hasher=self.hasher)
+        return Request(str(self.n), ids, SamplingParams(max_tokens=1), None, lora_request=lora, cache_salt=salt,
+                       block_hasher=self.hasher)
+
+    def lookup(self, req: Request):
         blocks, hit, _ = self.mgr.get_computed_blocks(req)
-        assert self.mgr.allocate_slots(req, len(ids) - hit, hit, blocks) is not None
+        return blocks, hit
+
+    def admit(self, req: Request, found) -> int:
+        blocks, hit = found
+        assert self.mgr.allocate_slots(req, req.num_tokens - hit, hit, blocks) is not None
         self.check_invariants()
-        return req, hit
+        return hit
+
+    def start(self, ids: list[int], salt: str | None = None, lora=None):
+        req = self.request(ids, salt, lora)
+        return req, self.admit(req, self.lookup(req))
 
     def finish(self, req) -> None:
         self.mgr.free(req)
         self.check_invariants()
 
-    def serve(self, ids: list[int]) -> int:
-        req, hit = self.start(ids)
+    def serve(self, ids: list[int], salt: str | None = None, lora=None) -> int:
+        req, hit = self.start(ids, salt, lora)
         self.finish(req)
         return hit
 
@@ -93,6 +104,8 @@ class VllmCache:
             cached_free = {b.block_id for b in free if b.block_id in pool._key_of}
             assert {b.block_id for b in queue.get_all_free_blocks()} == {b.block_id for b in free}
             assert len(cached_free) == queue.num_free_cached_blocks
+            # every free block with a hash is the policy's: vLLM's own list never evicts a cached block
+            assert {b.block_id for b in free if b.block_hash is not None} == cached_free
 
 
 def simulate(name: str, prompts: list[list[int]], seed: int = 0) -> list[int]:
@@ -193,7 +206,9 @@ def test_register_without_env_leaves_vllm_untouched(monkeypatch):
 
     monkeypatch.setattr(kv_cache_coordinator, "BlockPool", kv_cache_coordinator.BlockPool)
     monkeypatch.setattr(scheduler, "KVCacheManager", scheduler.KVCacheManager)
+    monkeypatch.setattr(scheduler, "KVConnectorFactory", scheduler.KVConnectorFactory)
     monkeypatch.setattr(PolicyBlockPool, "config", None)
+    native_factory = scheduler.KVConnectorFactory
     for value in (None, "", "vllm"):
         if value is None:
             monkeypatch.delenv(ENV_NAME, raising=False)
@@ -202,12 +217,16 @@ def test_register_without_env_leaves_vllm_untouched(monkeypatch):
         register()
         assert kv_cache_coordinator.BlockPool is BlockPool
         assert not issubclass(scheduler.KVCacheManager, PolicyKVCacheManager)
+        assert scheduler.KVConnectorFactory is native_factory
     monkeypatch.setenv(ENV_NAME, "rlt")
     monkeypatch.setenv(ENV_SEED, "5")
     register()
     assert kv_cache_coordinator.BlockPool is PolicyBlockPool
     assert scheduler.KVCacheManager is PolicyKVCacheManager
+    assert issubclass(scheduler.KVConnectorFactory, native_factory)  # refuses connectors it cannot serve
     assert PolicyBlockPool.config == PolicyConfig("rlt", seed=5)
+    register()  # idempotent: the factory is wrapped once
+    assert scheduler.KVConnectorFactory.__mro__[1] is native_factory
 
 
 def test_register_rejects_unknown_policy_and_bad_seed(monkeypatch):
