@@ -37,7 +37,8 @@ POLICIES: dict[str, type[EvictionPolicy]] = {
 }
 
 
-_SET_BY_KVBENCH = ("self", "seed", "future")  # given by make_policy itself, not by --eviction-param
+# given by make_policy itself, not by --eviction-param
+_SET_BY_KVBENCH = ("self", "seed", "future", "hittable")
 
 
 def _typed_defaults(cls: type[EvictionPolicy]) -> dict[str, Any]:
@@ -67,9 +68,11 @@ def policy_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_policy(
-    name: str, seed: int = 0, future: Sequence[Sequence[int]] | None = None, **params
+    name: str, seed: int = 0, future: Sequence[Sequence[int]] | None = None,
+    hittable: Sequence[int] | None = None, **params
 ) -> EvictionPolicy:
-    """Build a policy by name; ``future`` (per-request block keys in processing order) feeds ``belady``.
+    """Build a policy by name; ``future`` (per-request block keys in replay order) and ``hittable`` (how
+    many of each request's first keys can hit; None: all) feed ``belady``.
 
     ``params`` may be strings (``--eviction-param k=v``): each is converted to the type of the matching
     ``__init__`` default, so every caller (simulator, vLLM plugin) builds the same policy from the same flags.
@@ -86,6 +89,8 @@ def make_policy(
                 "pass future= (the trace's per-request hash_ids in processing order)"
             )
         kwargs["future"] = future
+        if hittable is not None:
+            kwargs["hittable"] = hittable
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -11,9 +11,9 @@ import pandas as pd
 from kvbench.cache import POLICIES, PrefixCache, make_policy
 from kvbench.errors import fail
 from kvbench.replay import BackendResult, ReplaySpec
-from kvbench.routing import RouterConfig, RouteRequest, make_router
+from kvbench.routing import Completion, Router, RouterConfig, RouteRequest, make_router
 from kvbench.sim.engine import ClusterSimulator, SchedulerConfig, SimRequest, Worker
-from kvbench.sim.latency import load_profile
+from kvbench.sim.latency import LatencyProfile, load_profile
 from kvbench.trace import Trace, replay_order
 
 
@@ -62,33 +62,18 @@ def build_requests(trace: Trace, spec: ReplaySpec) -> tuple[list[SimRequest], li
     return reqs, first
 
 
-def _policy_future(reqs: list[SimRequest]) -> list[list[int]]:
-    return [r.hashes for r in reqs]
-
-
 def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
     if spec.eviction not in POLICIES:
         raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
     profile = load_profile(spec.profile)
-    reqs, first = build_requests(trace, spec)
     capacity = None if spec.cache_tokens is None else spec.cache_tokens // spec.block_size
-    future = _policy_future(reqs) if spec.eviction == "belady" else None
-    sched = SchedulerConfig(spec.max_batched_tokens, spec.max_num_seqs, spec.chunked_prefill)
-    workers = []
-    for w in range(spec.workers):
-        policy = make_policy(spec.eviction, seed=spec.seed * 1000 + w, future=future, **spec.eviction_params)
-        workers.append(Worker(w, PrefixCache(capacity, policy, spec.block_size), profile, sched))
-    router = make_router(spec.router, RouterConfig(workers=spec.workers, block_size=spec.block_size,
-                                                   seed=spec.seed, params=dict(spec.router_params),
-                                                   cache_blocks=capacity))
-    progress = _Progress(len(reqs), f"sim {spec.eviction} x {spec.router}", spec.progress)
-    sim = ClusterSimulator(workers, router, reqs, on_done=progress.done)
-    interrupted = False
-    with progress:
-        try:
-            sim.run(first)
-        except KeyboardInterrupt:
-            interrupted = True
+    belady: dict[str, Any] = {}
+    if spec.eviction == "belady":
+        run, router, belady = _belady_passes(spec, trace, profile, capacity)
+    else:
+        run = _Pass(spec, trace, profile, capacity)
+        router = run.router
+    reqs, workers, sim, interrupted = run.reqs, run.workers, run.sim, run.interrupted
     rows = result_rows(trace, reqs)
     stats = [w.cache.stats for w in workers]
     queried = sum(s.queries_tokens for s in stats)
@@ -102,15 +87,186 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
         "cache_stats": [{"queries_tokens": s.queries_tokens, "hit_tokens": s.hit_tokens,
                          "inserted_blocks": s.inserted_blocks, "evicted_blocks": s.evicted_blocks} for s in stats],
     }
-    if future is not None:
-        synced = workers[0].seek is not None
-        config["simulator"]["belady_note"] = (
-            "each worker's belady policy sees the whole trace's future (requests routed elsewhere included), "
-            + ("positioned at each admitted request's replay index" if synced else
-               "counting its own admissions as positions (approximate when workers > 1 or turns reorder)"))
+    config["simulator"].update(belady)
     hit_rates = {"cache_counters": (sum(s.hit_tokens for s in stats) / queried) if queried else None}
     return BackendResult(rows=rows, workers=[f"sim-{w}" for w in range(spec.workers)], config=config,
                          hit_rates=hit_rates, interrupted=interrupted)
+
+
+class _Pass:
+    """One simulation: its requests, workers, router, clock and whether Ctrl-C cut it short.
+
+    ``futures`` (per worker: belady's future and hittable counts) and ``replay`` (a previous pass's
+    routing to repeat instead of consulting the router) serve ``belady`` only.
+    """
+
+    def __init__(self, spec: ReplaySpec, trace: Trace, profile: LatencyProfile, capacity: int | None,
+                 futures: list[tuple[list[list[int]], list[int]]] | None = None,
+                 replay: list[int] | None = None, label: str = "") -> None:
+        self.reqs, first = build_requests(trace, spec)
+        sched = SchedulerConfig(spec.max_batched_tokens, spec.max_num_seqs, spec.chunked_prefill)
+        self.workers = []
+        for w in range(spec.workers):
+            future, hittable = futures[w] if futures is not None else (None, None)
+            policy = make_policy(spec.eviction, seed=spec.seed * 1000 + w, future=future, hittable=hittable,
+                                 **spec.eviction_params)
+            self.workers.append(Worker(w, PrefixCache(capacity, policy, spec.block_size), profile, sched))
+        self.router = make_router(spec.router, RouterConfig(workers=spec.workers, block_size=spec.block_size,
+                                                            seed=spec.seed, params=dict(spec.router_params),
+                                                            cache_blocks=capacity))
+        routing: Any = self.router
+        if replay is not None:
+            routing = _ReplayRouting(replay, self.reqs)
+        elif futures is not None and spec.workers > 1:
+            routing = _DropElsewhere(self.router, self.reqs, [w.cache.policy for w in self.workers])
+        progress = _Progress(len(self.reqs), f"sim {spec.eviction} x {spec.router}{label}", spec.progress)
+        self.sim = ClusterSimulator(self.workers, routing, self.reqs, on_done=progress.done)
+        self.interrupted = False
+        with progress:
+            try:
+                self.sim.run(first)
+            except KeyboardInterrupt:
+                self.interrupted = True
+
+    def hit_rate(self) -> float | None:
+        stats = [w.cache.stats for w in self.workers]
+        queried = sum(s.queries_tokens for s in stats)
+        return sum(s.hit_tokens for s in stats) / queried if queried else None
+
+
+# --- belady: each worker's future is the requests routed to it ---------------------------------------
+def _policy_future(reqs: list[SimRequest], capacity: int | None, assignment: list[int] | None = None,
+                   worker: int = 0) -> tuple[list[list[int]], list[int]]:
+    """belady's future for one worker, indexed by replay position (what ``seek`` counts): each request's
+    prompt blocks and how many can hit (at most ``(input - 1) // block_size``: the last prompt token is
+    always recomputed). Empty for a request that will fail (larger than a worker's cache) and, given the
+    ``assignment`` of a previous pass, for one routed to another worker."""
+    keys: list[list[int]] = []
+    hittable: list[int] = []
+    for r in reqs:
+        fails = capacity is not None and r.total_blocks > capacity
+        if fails or (assignment is not None and assignment[r.idx] != worker):
+            keys.append([])
+            hittable.append(0)
+        else:
+            keys.append(r.hashes)
+            hittable.append(min(len(r.hashes), r.max_hit))
+    return keys, hittable
+
+
+class _DropElsewhere:
+    """Wraps the router: a request routed to one worker is dropped from every other worker's future, so
+    blocks whose remaining uses went elsewhere stop looking urgent there."""
+
+    def __init__(self, router: Router, reqs: list[SimRequest], policies: list) -> None:
+        self.router = router
+        self._idx = {id(r.route): r.idx for r in reqs}
+        self._policies = policies
+
+    def route(self, req: RouteRequest, now: float) -> int:
+        w = self.router.route(req, now)
+        i = self._idx[id(req)]
+        for v, policy in enumerate(self._policies):
+            if v != w:
+                policy.drop(i)
+        return w
+
+    def complete(self, req: RouteRequest, worker: int, now: float, result: Completion) -> None:
+        self.router.complete(req, worker, now, result)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.router, name)  # anything else the simulator may ask of its router
+
+
+class _ReplayRouting:
+    """Stands in for the router in belady's forced final pass: sends each request where a previous pass's
+    routing (by the real router) sent it, so every worker's future is exact."""
+
+    def __init__(self, assignment: list[int], reqs: list[SimRequest]) -> None:
+        self._where = {id(r.route): assignment[r.idx] for r in reqs}
+
+    def route(self, req: RouteRequest, now: float) -> int:
+        return self._where[id(req)]
+
+    def complete(self, req: RouteRequest, worker: int, now: float, result: Completion) -> None:
+        pass
+
+
+def _belady_passes(spec: ReplaySpec, trace: Trace, profile: LatencyProfile,
+                   capacity: int | None) -> tuple[_Pass, Router, dict[str, Any]]:
+    """Runs belady so that each worker's future is the requests routed to it.
+
+    Pass 1 gives every worker the whole trace and drops a request from a worker's future when it is routed
+    elsewhere. Pass k > 1 gives each worker the requests pass k-1 routed to it. Routing depends on timing,
+    which depends on the hits, so the routing can move: passes stop when one reproduces its assumed routing
+    (a fixed point: every worker's future was exact) or after ``passes``; if that last pass would not be
+    exact and ``force_final`` is set, it replays the previous pass's routing instead of consulting the
+    router, so every worker's future is exact for that routing. Returns the final pass, the router whose
+    state to record (the last one consulted) and the run.json entries.
+    """
+    reqs = build_requests(trace, spec)[0]
+    n = spec.workers
+    knobs = make_policy("belady", future=[], **spec.eviction_params)
+    max_passes, force = (knobs.passes, knobs.force_final) if n > 1 else (1, False)
+    futures = [_policy_future(reqs, capacity)] * n
+    assumed: list[int] | None = None
+    router: Router | None = None
+    history: list[dict[str, Any]] = []
+    converged = n == 1  # one worker: the whole trace is its future
+    for k in range(1, max_passes + 1):
+        replay = assumed if force and k == max_passes else None
+        run = _Pass(spec, trace, profile, capacity, futures, replay,
+                    f" (belady pass {k}/{max_passes})" if max_passes > 1 else "")
+        if replay is None:
+            router = run.router
+        got = [r.worker for r in run.reqs]
+        share = None
+        if assumed is not None:
+            routed = [i for i, w in enumerate(got) if w >= 0]
+            share = sum(got[i] == assumed[i] for i in routed) / len(routed) if routed else 1.0
+        history.append({"pass": k, "future": "whole trace" if assumed is None else f"pass {k - 1} routing",
+                        "routing": "router" if replay is None else f"replayed from pass {k - 1}",
+                        "routed_as_assumed": share, "hit_rate": run.hit_rate()})
+        if run.interrupted or replay is not None:
+            break
+        if assumed is not None and got == assumed:
+            converged = True
+            break
+        assumed = got
+        futures = [_policy_future(reqs, capacity, assumed, w) for w in range(n)]
+    assert router is not None
+    last = history[-1]
+    info = {"passes": len(history), "max_passes": max_passes, "force_final": force, "converged": converged,
+            "final_routing": last["routing"], "routed_as_assumed": last["routed_as_assumed"],
+            "exact_futures": converged or last["routing"] != "router", "per_pass": history}
+    return run, router, {"belady": info, "belady_note": _belady_statement(n, info)}
+
+
+def _belady_statement(workers: int, info: dict[str, Any]) -> str:
+    """What this run's belady hit rate is, exactly (docs/belady.md)."""
+    rule = ("each worker evicts the evictable leaf whose next use is furthest (the first not yet admitted "
+            "request, in replay order, that can hit the block; never, if one that re-caches it without a hit "
+            "comes first), blocks an admitted request will re-cache first. On one cache serving one request "
+            "at a time in replay order this is the optimum unless a block-aligned prompt is a proper prefix "
+            "of another prompt; with batching and queueing it is the same rule, not a proven optimum")
+    if workers == 1:
+        return "One worker, whose future is the whole trace: " + rule + "."
+    k = info["passes"]
+    if info["converged"]:
+        how = (f"pass {k} routed every request as pass {k - 1} did, so each worker's future was exactly the "
+               "requests the router sent it")
+    elif info["exact_futures"]:
+        how = (f"the router ran in passes 1-{k - 1}; pass {k} replayed pass {k - 1}'s routing without "
+               "consulting the router, so each worker's future was exactly the requests sent to it")
+    elif k == 1:
+        how = ("one pass: each worker's future was the whole trace minus the requests already routed "
+               "elsewhere (approximate)")
+    else:
+        how = (f"not converged after {k} passes: {info['routed_as_assumed']:.1%} of the requests went to "
+               f"the worker pass {k - 1} sent them to, the others were planned for the wrong worker "
+               "(approximate)")
+    return (f"{workers} workers; {how}; {rule}. It bounds online policies only under the same routing of "
+            "requests to workers, and another policy under the same router may route differently.")
 
 
 def result_rows(trace: Trace, reqs: list[SimRequest]) -> pd.DataFrame:

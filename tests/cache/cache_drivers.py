@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from typing import NamedTuple
+
 from kvbench.cache import PrefixCache, make_policy
 
 ONLINE = ["lru", "rlt", "rlt_reuse", "arc", "dbl", "lfu", "fifo", "random", "s3fifo"]
@@ -36,3 +39,55 @@ def run_sequential(cache: PrefixCache, trace: list[list[int]], extra_blocks: int
         assert adm is not None
         cache.commit(adm)
         cache.release(adm)
+
+
+# --- requests as the simulator sees them (kvbench.sim.engine) ----------------------------------------------
+class Request(NamedTuple):
+    """A prompt of ``input_tokens`` whose full blocks have the chained ``keys``, and its output length."""
+
+    keys: list[int]
+    input_tokens: int
+    output_tokens: int
+
+    def hittable(self, block_size: int) -> int:
+        """Blocks that can hit: vLLM recomputes the last prompt token, so never an aligned prompt's last."""
+        return min(len(self.keys), (self.input_tokens - 1) // block_size)
+
+    def total_blocks(self, block_size: int) -> int:
+        """KV blocks held while running: the prompt and every generated token but the last."""
+        return -(-(self.input_tokens + self.output_tokens - 1) // block_size)
+
+
+def random_requests(rng: random.Random, n: int, block_size: int, aligned: float, groups: int = 2,
+                    shared: int = 4, suffix: int = 2) -> list[Request]:
+    """``n`` requests over a few shared-prefix groups; a fraction ``aligned`` of prompts end on a block
+    boundary (so their last block can never hit)."""
+    chains = KeyChains()
+    out = []
+    for _ in range(n):
+        sh, sf = rng.randint(0, shared), rng.randint(0, suffix)
+        keys = chains.request(rng.randrange(groups), sh if sh + sf else 1, rng.randrange(2), sf)
+        extra = 0 if rng.random() < aligned else rng.randint(1, block_size - 1)
+        out.append(Request(keys, len(keys) * block_size + extra, rng.randint(1, 2 * block_size)))
+    return out
+
+
+def belady_for(requests: list[Request], block_size: int):
+    """The offline policy given what the simulator gives it: every request's blocks and how many can hit."""
+    return make_policy("belady", future=[r.keys for r in requests],
+                       hittable=[r.hittable(block_size) for r in requests])
+
+
+def run_like_simulator(cache: PrefixCache, requests: list[Request]) -> int:
+    """One request at a time, admitted as the simulator admits them (hit cap, whole sequence up front);
+    returns the hit blocks."""
+    bs = cache.block_size
+    seek = getattr(cache.policy, "seek", None)
+    for i, r in enumerate(requests):
+        if seek is not None:
+            seek(i)
+        adm = cache.admit(r.keys, r.total_blocks(bs), r.hittable(bs), r.input_tokens)
+        assert adm is not None
+        cache.commit(adm)
+        cache.release(adm)
+    return cache.stats.hit_tokens // bs
