@@ -52,6 +52,7 @@ def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palett
                                  "cancelled; latencies cover completed requests only (see Failed requests).")
         for note in run.notes:
             section.notes.append(f"{run.name}: {note}")
+    section.notes.extend(_belady_below_online(runs))
     if len(partial) > 3:
         worst = max(partial, key=lambda r: r.n_failed / len(r.requests))
         section.notes.append(f"{len(partial)} runs have failed or cancelled requests (at most {worst.n_failed} of "
@@ -75,6 +76,29 @@ def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palett
     for sweep in find_sweeps(runs):
         section.charts.append(charts.sweep_chart(f"{prefix}-c{len(section.charts)}", sweep, palette))
     return section
+
+
+def _belady_below_online(runs: list[ReportRun]) -> list[str]:
+    """Where the offline policy's hit rate is below an online policy's under the same router and settings,
+    say so and why: belady bounds a policy only under the same routing (see docs/belady.md)."""
+    groups: dict[tuple, list[ReportRun]] = {}
+    for run in runs:
+        key = (run.combination.router, run.cache_tokens, run.n_workers, run.config.get("block_size"),
+               run.config.get("seed"), run.time_scale)
+        groups.setdefault(key, []).append(run)
+    notes = []
+    for members in groups.values():
+        offline = [r for r in members if r.combination.eviction == "belady" and r.hit_rate() is not None]
+        online = [r for r in members if r.combination.eviction != "belady" and r.hit_rate() is not None]
+        for b in offline:
+            best = max(online, key=lambda r: r.hit_rate(), default=None)
+            if best is not None and best.hit_rate() > b.hit_rate() + 1e-9:
+                notes.append(
+                    f"{b.name}: the offline policy belady ({b.hit_rate():.4f}) is below {best.name} "
+                    f"({best.hit_rate():.4f}) under the same router. belady is an upper bound for one cache in "
+                    f"replay order and, with several workers, for the routing it planned its futures on; here the "
+                    f"router sent requests elsewhere than under {best.combination.eviction} (docs/belady.md).")
+    return notes
 
 
 def build_report(loaded: LoadedInputs) -> Report:

@@ -186,6 +186,10 @@ def report_run(result: RunResult, name: str | None = None) -> ReportRun:
         notes.append("run.json has no summary; computed from requests.parquet")
     if config.get("interrupted"):
         notes.append("interrupted (Ctrl-C): the run stopped early; unfinished requests are 'cancelled'")
+    backend = config.get("backend_config")
+    simulator = backend.get("simulator") if isinstance(backend, dict) else None
+    if isinstance(simulator, dict) and isinstance(simulator.get("belady_note"), str):
+        notes.append(simulator["belady_note"])  # what the offline number bounds in this run
     key, label = workload_identity(config)
     time_scale = _num(config.get("time_scale"))
     cache = config.get("cache_tokens")

@@ -106,3 +106,17 @@ def test_interrupted_and_failing_runs_are_flagged(tmp_path: Path):
     page = render_html(build_report(load_inputs([cut, lossy, fine])))
     assert "interrupted (Ctrl-C): the run stopped early" in page
     assert "lossy: 5 of 60 requests failed" in page
+
+
+def test_belady_below_an_online_policy_is_explained(tmp_path: Path):
+    from tests.report.synthetic import write_synthetic_run
+
+    note = "belady is positioned ... (what this run's number bounds)"
+    low = write_synthetic_run(tmp_path / "b", name="b", eviction="belady", hit_level=0.3,
+                              extra={"backend_config": {"simulator": {"belady_note": note}}})
+    high = write_synthetic_run(tmp_path / "l", name="l", eviction="lru", hit_level=0.5)
+    page = render_html(build_report(load_inputs([low, high])))
+    assert "the offline policy belady" in page and "docs/belady.md" in page and note.split("(")[0] in page
+    fine = write_synthetic_run(tmp_path / "b2", name="b2", eviction="belady", hit_level=0.7)
+    page = render_html(build_report(load_inputs([fine, high])))
+    assert "the offline policy belady" not in page
