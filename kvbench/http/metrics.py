@@ -8,7 +8,6 @@ engines still yields one number per metric.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +27,6 @@ KEPT = (PREFIX_QUERIES, PREFIX_HITS, KV_USAGE, TTFT_SUM, TTFT_COUNT, REQUEST_SUC
         "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:prompt_tokens_total",
         "vllm:generation_tokens_total")
 
-_LINE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$")
-_LABEL = re.compile(r'(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"(?P<val>(?:[^"\\]|\\.)*)"')
-
-
 @dataclass
 class Sample:
     name: str
@@ -39,27 +34,29 @@ class Sample:
     value: float
 
 
-def _unescape(v: str) -> str:
-    return v.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\")
+def _samples(text: str) -> list[Sample]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [Sample(s.name, dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def parse_prometheus(text: str) -> list[Sample]:
-    """Samples of a text exposition; lines that do not parse are skipped (servers add odd comments)."""
-    out: list[Sample] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m.group("value"))
-        except ValueError:
-            continue
-        labels = {lm.group("key"): _unescape(lm.group("val")) for lm in _LABEL.finditer(m.group("labels") or "")}
-        out.append(Sample(m.group("name"), labels, value))
-    return out
+    """Samples of a text exposition, parsed by prometheus_client (label escapes, exemplars, comments).
+
+    A text that does not parse as a whole is read line by line, skipping the lines that do not parse:
+    one odd line from a server must not hide the counters around it.
+    """
+    try:
+        return _samples(text)
+    except ValueError:
+        out: list[Sample] = []
+        for line in text.splitlines():
+            try:
+                out.extend(_samples(line + "\n"))
+            except ValueError:
+                continue
+        return out
 
 
 @dataclass

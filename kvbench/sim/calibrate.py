@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 
 from kvbench.errors import fail
 from kvbench.sim.latency import COEFFICIENTS, attn_pairs
@@ -168,16 +169,7 @@ def fit(samples: list[Sample]) -> tuple[dict[str, float], dict[str, Any]]:
     w = 1.0 / np.maximum(y, 1e-6)
     Xw, yw = X * w[:, None], y * w
     scale = np.maximum(np.abs(Xw).max(axis=0), 1e-30)  # columns span 1 .. 1e7: normalise for conditioning
-    active = list(range(X.shape[1]))
-    coef = np.zeros(X.shape[1])
-    while active:
-        sol, *_ = np.linalg.lstsq(Xw[:, active] / scale[active], yw, rcond=None)
-        sol = sol / scale[active]
-        if (sol >= 0).all():
-            coef[:] = 0
-            coef[active] = sol
-            break
-        active.pop(int(np.argmin(sol)))  # drop the most negative term and refit (a small active-set NNLS)
+    coef = nnls(Xw / scale, yw)[0] / scale
     pred = X @ coef
     resid = (pred - y) / y
     ss_res = float(((pred - y) ** 2).sum())

@@ -93,26 +93,13 @@ def load_profile(name_or_path: str) -> LatencyProfile:
     return parse_profile(tomllib.loads(text), name_or_path)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (int,)):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def profile_toml(name: str, source: str, coefficients: dict[str, float], notes: dict[str, str],
                  extra: dict[str, dict[str, Any]] | None = None) -> str:
-    """Render a profile file (a tiny TOML writer: flat tables of scalars and lists)."""
-    lines = ["[profile]", f"name = {_toml_value(name)}", f"source = {_toml_value(source)}", "", "[coefficients]"]
-    lines += [f"{k} = {_toml_value(float(coefficients[k]))}" for k in COEFFICIENTS]
-    lines += ["", "[notes]"] + [f"{k} = {_toml_value(v)}" for k, v in notes.items()]
-    for table, values in (extra or {}).items():
-        lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
+    """Render a profile file."""
+    import tomli_w
+
+    doc: dict[str, Any] = {"profile": {"name": name, "source": source},
+                           "coefficients": {k: float(coefficients[k]) for k in COEFFICIENTS},
+                           "notes": dict(notes)}
+    doc.update({table: dict(values) for table, values in (extra or {}).items()})
+    return tomli_w.dumps(doc)

@@ -89,3 +89,21 @@ def test_target_parsing(tmp_path):
     p.write_text('{"workers": [{"url": "http://127.0.0.1:5/"}], "model": "m", "block_size": 32, "eviction": "rlt"}')
     t = parse_target(str(p))
     assert (t.urls, t.model, t.block_size, t.eviction) == (["http://127.0.0.1:5"], "m", 32, "rlt")
+
+
+def test_exemplars_escapes_and_odd_lines_parse_as_prometheus_does():
+    from kvbench.http.metrics import parse_prometheus
+
+    text = (
+        "# HELP vllm:prefix_cache_hits Hits.\n"
+        "# TYPE vllm:prefix_cache_hits counter\n"
+        'vllm:prefix_cache_hits_total{engine="0",model_name="a\\\\nb"} 10.0 # {trace_id="abc"} 1.0\n'
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="100"} 1.0\n'
+    )
+    samples = {s.name: s for s in parse_prometheus(text)}
+    hits = samples["vllm:prefix_cache_hits_total"]
+    assert hits.value == 10.0 and hits.labels == {"engine": "0", "model_name": "a\\nb"}  # backslash, then n
+    assert samples["vllm:cache_config_info"].labels["num_gpu_blocks"] == "100"
+    broken = text + "this line is not prometheus {{\n" + 'vllm:num_requests_running{engine="0"} 3\n'
+    names = {s.name for s in parse_prometheus(broken)}
+    assert {"vllm:prefix_cache_hits_total", "vllm:num_requests_running"} <= names
