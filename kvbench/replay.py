@@ -139,11 +139,14 @@ def check_cache_fits(spec: ReplaySpec, trace) -> None:
     # KV slots as vLLM allocates them: the prompt and every generated token but the last
     slots = df["input_tokens"].to_numpy() + np.maximum(df["output_tokens"].to_numpy(), 1) - 1
     need = -(-slots // spec.block_size) * spec.block_size
-    capacity = spec.cache_tokens // spec.block_size * spec.block_size
+    # vLLM (and the simulator) set one block aside as the null block
+    capacity = (spec.cache_tokens // spec.block_size - 1) * spec.block_size
     too_big = int((need > capacity).sum())
     if not too_big:
         return
-    hint = f"the largest needs {int(need.max())} tokens (use --cache-tokens {int(need.max())} or more to fit all)"
+    fits_all = int(need.max()) + spec.block_size
+    hint = (f"the largest needs {int(need.max())} tokens of KV cache plus vLLM's null block "
+            f"(use --cache-tokens {fits_all} or more to fit all)")
     if too_big == len(df):
         raise fail(f"--cache-tokens {spec.cache_tokens}: no request fits a worker's KV cache; {hint}")
     # A few oversized requests are what a server with max_model_len = its KV capacity would refuse: they are

@@ -52,7 +52,7 @@ CASES = [
     (["generate", "gsp", "--groups", "2", "--prompts-per-group", "2", "--lengths", "64", "-o", "/dev/null"],
      "not a regular file"),
     (["replay", "ok.parquet", "--target", "sim", "--workers", "100000", "-o", "r"], "--workers 100000"),
-    (["replay", "ok.parquet", "--target", "sim", "--cache-tokens", "32", "-o", "r"], "use --cache-tokens 80"),
+    (["replay", "ok.parquet", "--target", "sim", "--cache-tokens", "32", "-o", "r"], "use --cache-tokens 96"),
     (["replay", "future.parquet", "--target", "sim", "-o", "r"], "format_version"),
     (["report", "empty", "-o", "report.html"], "no finished runs"),
     (["report", "listrun", "-o", "report.html"], "no finished runs"),

@@ -89,7 +89,8 @@ class ClusterInfo:
     block_size: int | None
     kv_cache_tokens: int | None
     kv_cache_blocks: int | None
-    usable_blocks: int | None  # kv_cache_blocks minus vLLM's null block: the capacity a simulator should use
+    usable_blocks: int | None  # kv_cache_blocks minus vLLM's null block (the simulator's --cache-tokens is
+    # kv_cache_tokens: it sets the null block aside itself)
     device: str
     workers: list[WorkerInfo]
     version: int = 1

@@ -12,7 +12,7 @@ from kvbench.cache import POLICIES, PrefixCache, make_policy
 from kvbench.errors import fail
 from kvbench.replay import BackendResult, ReplaySpec
 from kvbench.routing import Completion, Router, RouterConfig, RouteRequest, make_router
-from kvbench.sim.engine import ClusterSimulator, SchedulerConfig, SimRequest, Worker
+from kvbench.sim.engine import NULL_BLOCKS, ClusterSimulator, SchedulerConfig, SimRequest, Worker
 from kvbench.sim.latency import LatencyProfile, load_profile
 from kvbench.trace import Trace, replay_order
 
@@ -80,7 +80,9 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
     config = {
         "profile": profile.to_config(),
         "simulator": {"chunked_prefill": spec.chunked_prefill, "cache_blocks_per_worker": capacity,
-                      "allocation": "whole sequence at admission", "simulated_s": sim.now,
+                      "allocation": "block by block per step, preempting the last admitted (vLLM v1)",
+                      "usable_blocks_per_worker": None if capacity is None else capacity - NULL_BLOCKS,
+                      "preemptions_per_worker": [w.preemptions for w in workers], "simulated_s": sim.now,
                       "steps_per_worker": [w.steps for w in workers],
                       "busy_s_per_worker": [w.busy_s for w in workers]},
         "router_state": router.describe(),
@@ -144,7 +146,7 @@ def _policy_future(reqs: list[SimRequest], capacity: int | None, assignment: lis
     keys: list[list[int]] = []
     hittable: list[int] = []
     for r in reqs:
-        fails = capacity is not None and r.total_blocks > capacity
+        fails = capacity is not None and r.total_blocks > capacity - NULL_BLOCKS
         if fails or (assignment is not None and assignment[r.idx] != worker):
             keys.append([])
             hittable.append(0)

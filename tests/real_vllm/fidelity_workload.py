@@ -50,12 +50,13 @@ def write_fidelity_trace(path: Path, ids: list[list[int]], block: int) -> Path:
     return write_trace(path, df, TraceMeta(generator="kvbench-fidelity-test", block_size=block, seed=0))
 
 
-def simulate(trace: Path, out: Path, eviction: str, seed: int, block: int, usable_blocks: int) -> list[int]:
-    """cached_tokens per request from `kvbench replay --target sim` (one worker, vLLM's usable blocks)."""
+def simulate(trace: Path, out: Path, eviction: str, seed: int, block: int, kv_tokens: int) -> list[int]:
+    """cached_tokens per request from `kvbench replay --target sim` (one worker with the server's KV size;
+    the simulator sets aside vLLM's null block itself)."""
     from kvbench.replay import ReplaySpec, run_replay
 
     spec = ReplaySpec(trace=trace, output=out, target="sim", eviction=eviction, seed=seed, workers=1,
-                      cache_tokens=usable_blocks * block, block_size=block, progress=False)
+                      cache_tokens=kv_tokens, block_size=block, progress=False)
     run_replay(spec)
     rows = pd.read_parquet(out / "requests.parquet").sort_values("request_id")
     return [int(x) for x in rows["cached_tokens"]]

@@ -66,7 +66,7 @@ def measured(vllm_worker, trace):
 @pytest.mark.parametrize("eviction", ["lru", "rlt"])
 def test_vllm_cached_tokens_equal_simulator_prediction(measured, trace, tmp_path, eviction):
     ids, path = trace
-    predicted = simulate(path, tmp_path / "sim", eviction, seed=0, block=BLOCK, usable_blocks=KV_TOKENS // BLOCK - 1)
+    predicted = simulate(path, tmp_path / "sim", eviction, seed=0, block=BLOCK, kv_tokens=KV_TOKENS)
     got = measured[eviction]
     print(f"{eviction}: vLLM cached {sum(got)} tokens, simulator {sum(predicted)} "
           f"(of {sum(len(p) for p in ids)} prompt tokens, {len(ids)} requests)")
