@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kvbench.workloads.commands",  # generate ..., inspect
     "kvbench.replay",  # replay (sim and HTTP targets, sweeps)
     "kvbench.sim.commands",  # calibrate
+    "kvbench.validate.commands",  # validate (simulator fidelity against a real cluster)
     "kvbench.http.commands",  # gateway, cluster up/down, model tiny
     "kvbench.report.commands",  # report
     "kvbench.experiment",  # run

@@ -32,6 +32,7 @@ class Report:
     skipped: list[tuple[str, str]]
     baseline: ReportRun | None
     palette: charts.Palette
+    fidelity: list = field(default_factory=list)  # kvbench.report.fidelity.FidelityInput
 
     @property
     def charts(self) -> list[charts.Chart]:
@@ -122,4 +123,4 @@ def build_report(loaded: LoadedInputs) -> Report:
             note += f" {others} run(s) of other workloads have no ratios."
         notes.append(note)
     return Report(runs=runs, table=summary_table(runs, loaded.baseline), sections=sections, notes=notes,
-                  skipped=loaded.skipped, baseline=loaded.baseline, palette=palette)
+                  skipped=loaded.skipped, baseline=loaded.baseline, palette=palette, fidelity=loaded.fidelity)

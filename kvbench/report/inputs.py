@@ -21,6 +21,7 @@ class LoadedInputs:
     runs: list[ReportRun]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     baseline: ReportRun | None = None
+    fidelity: list = field(default_factory=list)  # kvbench.report.fidelity.FidelityInput: `kvbench validate`
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -86,6 +87,10 @@ def load_inputs(paths: list[Path], baseline: Path | None = None) -> LoadedInputs
     if baseline is not None:
         loaded.baseline = _baseline(baseline, by_dir, loaded)
     _disambiguate(loaded.runs)
+    from kvbench.report.fidelity import find_fidelity
+
+    loaded.fidelity, unreadable = find_fidelity(paths)
+    loaded.skipped.extend(unreadable)
     return loaded
 
 

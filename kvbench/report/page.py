@@ -236,7 +236,10 @@ def _skipped_html(skipped: list[tuple[str, str]]) -> str:
 
 def render_html(report: Report) -> str:
     n_charts = len(report.charts)
-    nav = ['<a href="#summary">Summary</a>'] + [
+    from kvbench.report.fidelity import fidelity_html
+
+    nav = ['<a href="#summary">Summary</a>'] + (['<a href="#fidelity">Simulator fidelity</a>'] if report.fidelity
+                                                else []) + [
         f'<a href="#w{i}">{esc(s.label if len(s.label) <= 48 else s.label[:45] + "...")}</a>'
         for i, s in enumerate(report.sections)] + ['<a href="#failures">Failed requests</a>',
                                                    '<a href="#configs">Configurations</a>']
@@ -247,6 +250,7 @@ def render_html(report: Report) -> str:
         _notes(report.notes),
         _skipped_html(report.skipped),
         f'<section id="summary"><h2>Summary</h2>{summary_table_html(report)}</section>',
+        fidelity_html(report.fidelity),
     ]
     figures = []
     for i, section in enumerate(report.sections):
