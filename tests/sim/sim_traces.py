@@ -37,3 +37,30 @@ def make_trace(path, n_groups=6, per_group=5, prefix=256, suffix=64, rate=4.0, o
             hist = np.concatenate([hist, rng.integers(0, 30000, output)]).astype(np.int32)
     meta = TraceMeta(generator="test", block_size=block_size, seed=seed, synthetic=True, source="unit test")
     return write_trace(path, pd.DataFrame(rows), meta)
+
+
+# Round coefficients, so step times in tests can be derived by hand: a step costs 10 ms, plus 1 ms per prompt
+# token computed, plus 2 ms per decoding sequence (attention and KV-read terms off unless a test sets them).
+HAND = {"step_base_s": 0.01, "prefill_token_s": 0.001, "prefill_attn_s": 0.0, "decode_seq_s": 0.002,
+        "decode_ctx_s": 0.0}
+
+
+def write_profile(path, **coefficients):
+    """A latency profile file with ``HAND``'s coefficients, overridden by ``coefficients``."""
+    from kvbench.sim.latency import profile_toml
+
+    values = {**HAND, **coefficients}
+    path.write_text(profile_toml("hand", "round numbers for hand-derived test timings", values, {}))
+    return path
+
+
+def request_trace(path, requests, block_size=16):
+    """A trace of open-loop requests given as (request_id, arrival_s, token ids, output_tokens)."""
+    rows = []
+    for rid, arrival, ids, output in requests:
+        ids = np.asarray(ids, dtype=np.int32)
+        rows.append(dict(request_id=rid, arrival_s=float(arrival), session_id=None, turn=0, think_s=0.0,
+                         group_id=None, input_tokens=len(ids), output_tokens=output, user_tokens=len(ids),
+                         prompt=None, prompt_token_ids=ids, hash_ids=block_hashes(ids, block_size)))
+    meta = TraceMeta(generator="test", block_size=block_size, seed=0, synthetic=True, source="unit test")
+    return write_trace(path, pd.DataFrame(rows), meta)
