@@ -186,8 +186,12 @@ def _apply_chunk(out: Outcome, data: dict[str, Any], now: float) -> None:
             out.cached_tokens = int(details["cached_tokens"])
 
 
-async def read_sse(resp: aiohttp.ClientResponse, out: Outcome) -> None:
-    """Consume an SSE body of OpenAI chunks into ``out``; raise StreamError on a malformed stream."""
+async def read_sse(resp: aiohttp.ClientResponse, out: Outcome,
+                   on_first_token: Callable[[], None] | None = None) -> None:
+    """Consume an SSE body of OpenAI chunks into ``out``; raise StreamError on a malformed stream.
+
+    ``on_first_token`` (a test hook) is called once, right after the first output chunk is recorded.
+    """
     done = False
     events = 0
     async for raw in resp.content:
@@ -211,7 +215,10 @@ async def read_sse(resp: aiohttp.ClientResponse, out: Outcome) -> None:
         if not isinstance(data, dict):
             raise StreamError(f"data line is not a JSON object: {value[:80]!r}")
         events += 1
+        waiting = out.first_token is None
         _apply_chunk(out, data, now)
+        if waiting and on_first_token is not None and out.first_token is not None:
+            on_first_token()
     if not done:
         raise StreamError(f"stream ended before 'data: [DONE]' after {events} chunk(s)")
     if out.first_token is None:
@@ -219,7 +226,9 @@ async def read_sse(resp: aiohttp.ClientResponse, out: Outcome) -> None:
 
 
 async def send(session: aiohttp.ClientSession, url: str, settings: ClientSettings, prompt: Prompt,
-               max_tokens: int, use_ids: bool) -> Outcome:
+               max_tokens: int, use_ids: bool, on_first_token: Callable[[], None] | None = None) -> Outcome:
+    """One request; ``on_first_token`` is a test hook (see :func:`read_sse`), for example to kill a worker
+    while this request is provably in flight."""
     use_ids = use_ids and settings.api != "chat" and prompt.token_ids is not None
     out = Outcome(used_token_ids=use_ids)
     body = build_body(settings, prompt, max_tokens, use_ids)
@@ -244,7 +253,7 @@ async def send(session: aiohttp.ClientSession, url: str, settings: ClientSetting
                 out.first_token = now
                 _apply_chunk(out, data, now)
             else:
-                await read_sse(resp, out)
+                await read_sse(resp, out, on_first_token)
         out.done = time.monotonic()
     except StreamError as exc:
         out.status, out.error = "error", f"{target}: malformed stream: {exc}"

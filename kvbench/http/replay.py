@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,10 @@ PREFLIGHT_TIMEOUT_S = 10.0
 # No session-wide limit (aiohttp's default caps every request at 300 s): each request's own --timeout is the
 # only one; connecting still fails fast.
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
+# Test hook: ``on_event(kind, row, worker)`` with kind "first_token" (the request's first output chunk has
+# arrived, so it is in flight on ``worker``) or "done" (its row is filled). Called on the replay's event loop,
+# so tests can act on an event (kill a worker, press Ctrl-C) instead of racing a wall-clock timer.
+ReplayEvent = Callable[[str, int, int], None]
 LATENCY_ORIGIN = ("ttft_s/e2e_s are measured from sent_s, as vllm bench serve does; "
                   "sent_s - arrival_s is client-side wait / send lag")
 
@@ -99,8 +104,9 @@ def _lag_stats(lags: np.ndarray) -> dict[str, Any]:
 
 
 class HttpReplay:
-    def __init__(self, spec: ReplaySpec, trace: Trace, target: Target):
+    def __init__(self, spec: ReplaySpec, trace: Trace, target: Target, on_event: ReplayEvent | None = None):
         self.spec = spec
+        self.on_event = on_event
         self.trace = trace
         self.target = target
         self.urls = target.urls
@@ -243,8 +249,10 @@ class HttpReplay:
                     request_id=row["request_id"], input_tokens=self.prompts.length(i, prompt),
                     output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
                     prompt_token_ids=prompt.token_ids, prompt=prompt.text, session_id=row["session_id"])
-                out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]))
+                out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]), i)
             self._fill(row, out, worker)
+            if self.on_event is not None:
+                self.on_event("done", i, worker)
             if history is not None:
                 history.record(prompt, out)
         except asyncio.CancelledError:
@@ -263,8 +271,9 @@ class HttpReplay:
         ids = prompt.token_ids if prompt.token_ids is not None else self.prompts.encode(prompt.text or "")
         return block_hashes(np.asarray(ids, dtype=np.int64), self.router_bs)
 
-    async def _send_routed(self, req: RouteRequest, prompt: Prompt, max_tokens: int) -> tuple[Outcome, int]:
-        """Route, send, and on a refused connection mark the worker dead and route again."""
+    async def _send_routed(self, req: RouteRequest, prompt: Prompt, max_tokens: int,
+                           i: int = -1) -> tuple[Outcome, int]:
+        """Route, send, and on a refused connection mark the worker dead and route again (``i``: the row)."""
         last: Outcome | None = None
         last_w = -1
         for _ in range(self.n):
@@ -273,11 +282,14 @@ class HttpReplay:
                 w = self.router.route(req, now)
             except RuntimeError:
                 break
-            out = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, self.accepts_ids[w])
+            first = None if self.on_event is None else (lambda w=w: self.on_event("first_token", i, w))
+            out = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, self.accepts_ids[w],
+                             first)
             if out.rejected_token_ids:
                 self.text_fallbacks[w] += 1
                 self.fallback_reason[w] = self.fallback_reason[w] or out.error
-                retry = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, use_ids=False)
+                retry = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, use_ids=False,
+                                   on_first_token=first)
                 if retry.status == "ok":
                     self.accepts_ids[w] = False
                     out = retry
@@ -371,8 +383,9 @@ def _latencies(out: Outcome) -> tuple[float | None, float | None]:
     return ttft, e2e
 
 
-def run_http(spec: ReplaySpec, trace: Trace) -> BackendResult:
-    """The HTTP backend of ``kvbench replay`` (see module docstring)."""
+def run_http(spec: ReplaySpec, trace: Trace, on_event: ReplayEvent | None = None) -> BackendResult:
+    """The HTTP backend of ``kvbench replay`` (see module docstring); ``on_event`` is a test hook
+    (see :data:`ReplayEvent`)."""
     if spec.history not in ("recorded", "generated"):
         raise fail(f"--history {spec.history}: use 'recorded' or 'generated'")
     if spec.api not in ("completions", "chat"):
@@ -382,4 +395,4 @@ def run_http(spec: ReplaySpec, trace: Trace) -> BackendResult:
     if spec.timeout_s <= 0:
         raise fail(f"--timeout {spec.timeout_s}: must be positive")
     target = parse_target(spec.target)
-    return asyncio.run(HttpReplay(spec, trace, target).run())
+    return asyncio.run(HttpReplay(spec, trace, target, on_event).run())

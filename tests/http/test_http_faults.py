@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 
-import numpy as np
 import pytest
 from tests.http.fake_openai import free_port
 from tests.http.http_helpers import open_loop_trace, spec_for
@@ -53,34 +51,67 @@ def test_unreachable_url_fails_before_any_work(tmp_path, fake_server):
 def test_worker_dying_mid_run(tmp_path, fake_server):
     a, b = fake_server(token_delay_s=0.05), fake_server(token_delay_s=0.05)
     trace = open_loop_trace(30, gap_s=0.04, output_tokens=4)
-    killer = threading.Timer(0.5, b.kill)
-    killer.start()
-    res = run_http(spec_for(tmp_path, [a.url, b.url], reset_cache=False), trace)
-    killer.join()
-    df = res.rows
+    trace.df.loc[5, "output_tokens"] = 100  # r5 streams for 5 s: cut mid-stream however slow the machine is
+    trace.df.loc[6:, "arrival_s"] += 0.3  # requests left to send once b is dead, whatever the load
+    streams_on_b, answered_by_b = [], []
+
+    def on_event(kind, i, worker):
+        # b dies on an event, not on a timer: while its third request (r5 under round robin) is streaming.
+        # kill() returns once b's port is closed, so any request sent later is refused and routed again.
+        if kind == "first_token" and worker == 1:
+            streams_on_b.append(i)
+            if len(streams_on_b) == 3:
+                b.kill()
+        elif kind == "done" and worker == 1 and len(streams_on_b) < 3:
+            answered_by_b.append(f"r{i}")
+
+    res = run_http(spec_for(tmp_path, [a.url, b.url], reset_cache=False), trace, on_event)
+    df = res.rows.set_index("request_id", drop=False)
     assert len(df) == 30 and df["request_id"].is_unique  # nothing lost
+    assert streams_on_b == [1, 3, 5]  # no stream started on b once it was dead
+    assert df.at["r5", "status"] == "error" and df.at["r5", "worker"] == 1
+    assert "connection lost" in df.at["r5", "error"] and b.url in df.at["r5", "error"]
     err = df[df["status"] == "error"]
-    assert len(err) >= 1 and (err["worker"] == 1).all()  # the in-flight requests of the dead worker
-    assert err["error"].str.contains("connection lost|cannot connect").all()
-    died_at = err["sent_s"].max()
-    later = df[df["sent_s"] > died_at + 0.2]
-    assert len(later) > 5 and (later["worker"] == 0).all() and (later["status"] == "ok").all()
+    assert (err["worker"] == 1).all()  # only b's in-flight requests fail
+    assert err["error"].str.contains("connection lost").all()
+    died_s = df.at["r5", "first_token_s"]  # b was killed right after this token
+    assert (err["sent_s"] < died_s).all()
+    assert (df.loc[answered_by_b, "status"] == "ok").all()  # what b answered before it died is kept
+    later = df[df["sent_s"] > died_s]
+    assert len(later) >= 20 and (later["worker"] == 0).all() and (later["status"] == "ok").all()
     assert b.url in res.config["dead_workers"]
 
 
 def test_ctrl_c_keeps_what_was_gathered(tmp_path, fake_server):
     srv = fake_server(token_delay_s=0.02)
+    # r0-r2 are short; every later request streams 100 tokens (2 s), so a Ctrl-C pressed on a first token
+    # always finds that request in flight; arrivals 0.25 s apart leave requests unsent whatever the load
     trace = open_loop_trace(40, gap_s=0.05, output_tokens=3)
-    timer = threading.Timer(0.6, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), trace)
-    timer.join()
+    trace.df.loc[3:, "output_tokens"] = 100
+    trace.df.loc[3:, "arrival_s"] = 0.15 + 0.25 * (trace.df.index[3:] - 3)
+    done, pressed = [], []
+
+    def on_event(kind, i, worker):
+        if kind == "done":
+            done.append(i)
+        elif kind == "first_token" and len(done) >= 3 and not pressed:
+            pressed.append((i, list(done)))  # Ctrl-C once three requests have finished, with request i streaming
+            os.kill(os.getpid(), signal.SIGINT)
+
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), trace, on_event)
     df = res.rows
-    assert res.interrupted and len(df) == 40
+    assert res.interrupted and len(df) == 40 and len(pressed) == 1
+    (cut, finished), = pressed
     ok = df[df["status"] == "ok"]
     cancelled = df[df["status"] == "cancelled"]
-    assert 3 <= len(ok) < 40 and len(cancelled) == 40 - len(ok)
-    assert np.isnan(cancelled["sent_s"]).sum() >= len(cancelled) - 1  # at most one was in flight
+    assert set(ok.index) >= set(finished) and len(ok) >= 3  # everything finished before Ctrl-C is kept
+    assert len(cancelled) == 40 - len(ok) and cut in cancelled.index
+    assert df.at[cut, "error"] == "in flight when the run was interrupted"
+    in_flight = cancelled[cancelled["error"] == "in flight when the run was interrupted"]
+    unsent = cancelled[cancelled["error"] == "not sent (run interrupted)"]
+    assert len(in_flight) + len(unsent) == len(cancelled) and len(unsent) >= 1
+    assert unsent.index.min() > max(ok.index.max(), in_flight.index.max())  # sent in arrival order, the rest not
+    assert unsent["sent_s"].isna().all() and (unsent["worker"] == -1).all()
 
 
 def test_timeout_flag_is_the_only_request_limit(tmp_path, fake_server, monkeypatch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import aiohttp
 import pytest
@@ -66,6 +65,16 @@ async def _post(url, body, stream):
 def test_stream_passes_through_unchanged(fake_server, gateway):
     a, b = fake_server(token_delay_s=0.01), fake_server(token_delay_s=0.01)
     g = gateway(workers=[a.url, b.url], router="round_robin")
+    drained = threading.Event()  # the handler completes a routed request just after its last byte
+    complete, completions = g.gw.router.complete, []
+
+    def complete_and_signal(*args, **kw):
+        complete(*args, **kw)
+        completions.append(args[1])
+        if len(completions) == 2:
+            drained.set()
+
+    g.gw.router.complete = complete_and_signal
     body = {"model": "fake-model", "prompt": list(range(40)), "max_tokens": 4, "stream": True,
             "stream_options": {"include_usage": True}}
     direct = asyncio.run(_post(a.url + "/v1/completions", body, True))[2]
@@ -77,10 +86,7 @@ def test_stream_passes_through_unchanged(fake_server, gateway):
     assert via1.count(b"data: ") == via2.count(b"data: ") == direct.count(b"data: ")
     assert via1.endswith(b"data: [DONE]\n\n")
     assert a.received[-1].body == body and b.received[-1].body == body
-    deadline = time.monotonic() + 2.0  # the handler completes the routed request just after the last byte
-    while g.gw.router.outstanding != [0, 0] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert g.gw.router.outstanding == [0, 0]
+    assert drained.wait(60) and sorted(completions) == [0, 1] and g.gw.router.outstanding == [0, 0]
 
 
 def test_chat_models_and_health(fake_server, gateway):
