@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -124,14 +123,17 @@ def test_eviction_params_are_typed_like_the_simulator_types_them(fake_model):
     assert make_policy(cfg.name, seed=cfg.seed, **cfg.params).mark_inserts is False  # what the plugin builds
 
 
-FAKE_SERVER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+# prints its child's pid once the child runs, so the test waits for that event instead of sleeping
+FAKE_SERVER = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+               "time.sleep(60)']); print(c.pid, flush=True); time.sleep(60)")
 
 
 def test_stop_kills_the_whole_process_group():
     # a parent that starts a child in its own session: both must go. Its command line looks like a worker's.
     proc = subprocess.Popen([sys.executable, "-c", FAKE_SERVER, "-m", "vllm.entrypoints.openai.api_server",
-                             "--port", "18177"], start_new_session=True)
-    time.sleep(0.5)
+                             "--port", "18177"], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())  # the child exists: stopping the group must take it too
+    proc.stdout.close()
     skipped = []
     # the recorded port must match: a vLLM server on another port is someone else's
     assert stop_cluster({"workers": [{"pid": proc.pid, "port": 18179}]}, on_skip=lambda *a: skipped.append(a)) == []
@@ -139,13 +141,18 @@ def test_stop_kills_the_whole_process_group():
     assert stop_cluster({"workers": [{"pid": proc.pid, "port": 18177}]}) == [proc.pid]
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
     assert stop_pid(proc.pid) is False  # already gone
 
 
 @pytest.mark.parametrize("own_session", [True, False])
 def test_cluster_down_leaves_a_process_that_is_not_ours_alone(tmp_path, own_session):
-    # a stale cluster.json whose pid now belongs to something else (here a harmless `sleep`)
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=own_session)
+    # a stale cluster.json whose pid now belongs to something else: a process that exits 0 when its stdin
+    # closes. Any signal `cluster down` sent is seen before that end of file (a terminating one makes the exit
+    # code non-zero), so no sleep is needed to give a wrongly sent signal time to act.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                               start_new_session=own_session)
     try:
         cluster = tmp_path / "cluster.json"
         cluster.write_text(json.dumps({"workers": [{"pid": sleeper.pid, "port": 18178,
@@ -153,8 +160,9 @@ def test_cluster_down_leaves_a_process_that_is_not_ours_alone(tmp_path, own_sess
         res = CliRunner().invoke(_app(), ["cluster", "down", str(cluster)])
         assert res.exit_code == 0, res.output
         assert "stopped 0 worker(s)" in res.output and "not running / not ours" in res.output
-        time.sleep(0.2)
         assert sleeper.poll() is None, "cluster down killed a process it did not start"
+        sleeper.stdin.close()
+        assert sleeper.wait(60) == 0, "cluster down signalled a process it did not start"
     finally:
         sleeper.kill()
         sleeper.wait()

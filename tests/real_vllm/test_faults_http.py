@@ -1,11 +1,16 @@
 """A real vLLM worker killed mid-run: its in-flight requests become errors, the router stops choosing it,
-every other request completes and no row is lost."""
+every other request completes and no row is lost.
+
+The worker is killed on an event, not on a timer: when the first token of its third request (r5: round robin
+sends r1, r3, r5 to it) arrives. r5 asks for 1024 tokens, so it is still streaming when the worker dies
+however slow the machine is. The hook returns only once the worker's process group is gone, so every request
+sent after that moment finds the port closed; later arrivals start 0.5 s after r5's, so plenty are left.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
 
 import numpy as np
 import pandas as pd
@@ -19,6 +24,8 @@ from kvbench.trace import Trace, TraceMeta
 
 pytestmark = pytest.mark.vllm
 
+LONG = 5  # the victim's third request; its long answer is cut by the kill
+
 
 def test_worker_killed_mid_run(tmp_path, vllm_worker):
     survivor = vllm_worker(eviction="lru", seed=0)
@@ -27,26 +34,36 @@ def test_worker_killed_mid_run(tmp_path, vllm_worker):
     rows = []
     for k in range(40):
         ids = rng.integers(0, 16000, 96).tolist()
-        rows.append({"request_id": f"r{k}", "arrival_s": k * 0.1, "session_id": None, "turn": 0, "think_s": 0.0,
-                     "group_id": None, "input_tokens": 96, "output_tokens": 64, "user_tokens": 96, "prompt": None,
-                     "prompt_token_ids": ids, "hash_ids": block_hashes(np.asarray(ids), 16).tolist()})
+        rows.append({"request_id": f"r{k}", "arrival_s": k * 0.1 if k <= LONG else 0.4 + k * 0.1, "session_id": None, "turn": 0, "think_s": 0.0,
+                     "group_id": None, "input_tokens": 96, "output_tokens": 1024 if k == LONG else 16,
+                     "user_tokens": 96, "prompt": None, "prompt_token_ids": ids,
+                     "hash_ids": block_hashes(np.asarray(ids), 16).tolist()})
     trace = Trace(df=pd.DataFrame(rows), meta=TraceMeta(generator="test", block_size=16))
-    killer = threading.Timer(1.5, lambda: os.killpg(victim.pid, signal.SIGKILL))
-    killer.start()
+    killed_on = []
+
+    def on_event(kind, i, worker):
+        if kind == "first_token" and i == LONG and not killed_on:
+            killed_on.append(worker)
+            os.killpg(victim.pid, signal.SIGKILL)
+            stop_pid(victim.pid)  # waits until the whole group is gone (and reaps it)
+
     try:
         spec = ReplaySpec(trace=tmp_path / "t", output=tmp_path / "o", router="round_robin", progress=False,
-                          target=f"{survivor.url},{victim.url}", timeout_s=60, reset_cache=False)
-        res = run_http(spec, trace)
+                          target=f"{survivor.url},{victim.url}", timeout_s=120, reset_cache=False)
+        res = run_http(spec, trace, on_event)
     finally:
-        killer.join()
         stop_pid(victim.pid)
-    df = res.rows
+    df = res.rows.set_index("request_id", drop=False)
+    assert killed_on == [1]  # r5 was streaming from the victim when it died
     assert len(df) == 40 and df["request_id"].is_unique
+    assert df.at[f"r{LONG}", "status"] == "error" and df.at[f"r{LONG}", "worker"] == 1
     err = df[df["status"] == "error"]
-    assert len(err) >= 1 and (err["worker"] == 1).all(), err[["worker", "error"]]
+    assert (err["worker"] == 1).all(), err[["worker", "error"]]
     assert err["error"].str.contains(victim.url).all()
     ok = df[df["status"] == "ok"]
     assert len(ok) == 40 - len(err)
-    after_death = df[df["sent_s"] > err["sent_s"].max()]
-    assert len(after_death) > 5 and (after_death["worker"] == 0).all()
+    died_s = df.at[f"r{LONG}", "first_token_s"]  # the kill followed this token at once
+    assert (err["sent_s"] < died_s).all()  # only requests in flight at the kill failed
+    after_death = df[df["sent_s"] > died_s]
+    assert len(after_death) >= 20 and (after_death["worker"] == 0).all() and (after_death["status"] == "ok").all()
     assert victim.url in res.config["dead_workers"]
