@@ -37,8 +37,9 @@ PREFLIGHT_TIMEOUT_S = 10.0
 # No session-wide limit (aiohttp's default caps every request at 300 s): each request's own --timeout is the
 # only one; connecting still fails fast.
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
-# Test hook: ``on_event(kind, row, worker)`` with kind "first_token" (the request's first output chunk has
-# arrived, so it is in flight on ``worker``) or "done" (its row is filled). Called on the replay's event loop,
+# Test hook: ``on_event(kind, row, worker)`` with kind "sending" (routed to ``worker``, about to be sent),
+# "first_token" (the request's first output chunk has arrived, so it is in flight on ``worker``) or "done"
+# (its row is filled). Called on the replay's event loop,
 # so tests can act on an event (kill a worker, press Ctrl-C) instead of racing a wall-clock timer.
 ReplayEvent = Callable[[str, int, int], None]
 LATENCY_ORIGIN = ("ttft_s/e2e_s are measured from sent_s, as vllm bench serve does; "
@@ -283,6 +284,8 @@ class HttpReplay:
             except RuntimeError:
                 break
             first = None if self.on_event is None else (lambda w=w: self.on_event("first_token", i, w))
+            if self.on_event is not None:
+                self.on_event("sending", i, w)
             out = await send(self.session, self.urls[w], self.settings, prompt, max_tokens, self.accepts_ids[w],
                              first)
             if out.rejected_token_ids:

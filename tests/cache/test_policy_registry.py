@@ -42,3 +42,29 @@ def test_typed_defaults_keep_a_default_and_type_a_none_by_its_annotation():
             super().__init__()
 
     assert _typed_defaults(Odd) == {"plain": 5, "flag": True, "cap": 0, "ratio": 0.0, "label": None}
+
+
+def test_class_defaults_match_what_make_policy_builds():
+    from kvbench.cache.prefix import PrefixCache as Cache
+    from kvbench.cache.randomleaf import RandomPolicy
+    from kvbench.cache.rlt import RLTPolicy, RLTReusePolicy
+
+    assert _victims(RandomPolicy()) == _victims(make_policy("random"))
+    assert _victims(RLTPolicy()) == _victims(make_policy("rlt"))
+    assert _victims(RLTReusePolicy()) == _victims(make_policy("rlt_reuse"))
+    assert Cache(None, make_policy("lru")).block_size == 16
+
+
+def test_setting_aside_more_than_the_capacity_leaves_none():
+    cache = PrefixCache(0, make_policy("lru"), block_size=16)
+    cache.set_aside(1)  # a --cache-tokens below one block: vLLM's null block takes it all
+    assert cache.capacity_blocks == 0
+    cache = PrefixCache(5, make_policy("lru"), block_size=16)
+    cache.set_aside(1)
+    assert cache.capacity_blocks == 4
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
+def test_s3fifo_small_queue_fraction_is_strictly_between_0_and_1(fraction):
+    with pytest.raises(KvbenchError, match="small_fraction must be in"):
+        make_policy("s3fifo", small_fraction=fraction)

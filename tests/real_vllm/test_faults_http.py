@@ -1,14 +1,17 @@
 """A real vLLM worker killed mid-run: its in-flight requests become errors, the router stops choosing it,
 every other request completes and no row is lost.
 
-The worker is killed on an event, not on a timer: when the first token of its third request (r5: round robin
-sends r1, r3, r5 to it) arrives. r5 asks for 1024 tokens, so it is still streaming when the worker dies
-however slow the machine is. The hook returns only once the worker's process group is gone, so every request
-sent after that moment finds the port closed; later arrivals start 0.5 s after r5's, so plenty are left.
+Nothing here races the server's speed (an earlier form killed the worker on r5's first token and lost the
+race on a fast machine: the whole answer was already in the socket). The victim's process group is frozen
+(SIGSTOP) just before its third request (r5: round robin sends r1, r3, r5 to it) is sent, so r5 reaches a
+server that can no longer answer it; the worker is killed on the first token of r6, which goes to the
+survivor 0.5 s after r5 was written. The kill hook returns only once the group is gone, so every request sent
+after that moment finds the port closed. (A stream cut mid-answer is covered by tests/http/test_http_faults.py.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -24,7 +27,7 @@ from kvbench.trace import Trace, TraceMeta
 
 pytestmark = pytest.mark.vllm
 
-LONG = 5  # the victim's third request; its long answer is cut by the kill
+LONG = 5  # the victim's third request: sent to it frozen, lost when it is killed
 
 
 def test_worker_killed_mid_run(tmp_path, vllm_worker):
@@ -35,15 +38,18 @@ def test_worker_killed_mid_run(tmp_path, vllm_worker):
     for k in range(40):
         ids = rng.integers(0, 16000, 96).tolist()
         rows.append({"request_id": f"r{k}", "arrival_s": k * 0.1 if k <= LONG else 0.4 + k * 0.1, "session_id": None, "turn": 0, "think_s": 0.0,
-                     "group_id": None, "input_tokens": 96, "output_tokens": 1024 if k == LONG else 16,
+                     "group_id": None, "input_tokens": 96, "output_tokens": 16,
                      "user_tokens": 96, "prompt": None, "prompt_token_ids": ids,
                      "hash_ids": block_hashes(np.asarray(ids), 16).tolist()})
     trace = Trace(df=pd.DataFrame(rows), meta=TraceMeta(generator="test", block_size=16))
-    killed_on = []
+    frozen_on, killed_after = [], []
 
     def on_event(kind, i, worker):
-        if kind == "first_token" and i == LONG and not killed_on:
-            killed_on.append(worker)
+        if kind == "sending" and i == LONG and not frozen_on:
+            frozen_on.append(worker)
+            os.killpg(victim.pid, signal.SIGSTOP)
+        elif kind == "first_token" and i == LONG + 1 and frozen_on and not killed_after:
+            killed_after.append(worker)
             os.killpg(victim.pid, signal.SIGKILL)
             stop_pid(victim.pid)  # waits until the whole group is gone (and reaps it)
 
@@ -52,17 +58,20 @@ def test_worker_killed_mid_run(tmp_path, vllm_worker):
                           target=f"{survivor.url},{victim.url}", timeout_s=120, reset_cache=False)
         res = run_http(spec, trace, on_event)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(victim.pid, signal.SIGKILL)  # a frozen group ignores SIGTERM
         stop_pid(victim.pid)
     df = res.rows.set_index("request_id", drop=False)
-    assert killed_on == [1]  # r5 was streaming from the victim when it died
+    assert frozen_on == [1] and killed_after == [0]  # r5 was sent to the frozen victim, r6 to the survivor
     assert len(df) == 40 and df["request_id"].is_unique
     assert df.at[f"r{LONG}", "status"] == "error" and df.at[f"r{LONG}", "worker"] == 1
+    assert "connection lost" in df.at[f"r{LONG}", "error"]  # sent and lost, not refused and routed again
     err = df[df["status"] == "error"]
     assert (err["worker"] == 1).all(), err[["worker", "error"]]
     assert err["error"].str.contains(victim.url).all()
     ok = df[df["status"] == "ok"]
     assert len(ok) == 40 - len(err)
-    died_s = df.at[f"r{LONG}", "first_token_s"]  # the kill followed this token at once
+    died_s = df.at[f"r{LONG + 1}", "first_token_s"]  # the kill followed this token at once
     assert (err["sent_s"] < died_s).all()  # only requests in flight at the kill failed
     after_death = df[df["sent_s"] > died_s]
     assert len(after_death) >= 20 and (after_death["worker"] == 0).all() and (after_death["status"] == "ok").all()

@@ -214,3 +214,22 @@ def test_rls_refuses_a_forgetting_factor_outside_0_1(forgetting):
     with pytest.raises(ValueError, match="forgetting must be in"):
         RecursiveLeastSquares(1, forgetting=forgetting)
     RecursiveLeastSquares(1, forgetting=1.0)  # the upper bound is allowed
+
+
+def test_const_features_learn_a_bias_only():
+    r = router(features="const")
+    a = req("a", 100)
+    r.route(a, 0.0)
+    r.complete(a, 0, 0.5, done(ttft=0.5, e2e=0.9))
+    # one feature, x = (1,): theta = 100 / (0.992 + 100) * (0.5 - 0.42)
+    assert r.models[0].theta.tolist() == pytest.approx([100 / 100.992 * (0.5 - 0.42)], rel=1e-12)
+    assert r.predict(req("b", 100, first=9000), 0, 0.5)[0] == pytest.approx(0.42 + r.models[0].theta[0], rel=1e-9)
+
+
+def test_describe_records_the_learned_residuals_to_six_decimals():
+    r = router(features="const")
+    a = req("a", 100)
+    r.route(a, 0.0)
+    r.complete(a, 0, 0.5, done(ttft=0.5, e2e=0.9))
+    theta = 100 / 100.992 * (0.5 - 0.42)  # 0.07921419...
+    assert r.describe()["residual_theta"] == [[round(theta, 6)], [0.0]]

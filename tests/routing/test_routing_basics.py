@@ -227,3 +227,10 @@ def test_rls_defaults():
     m = RecursiveLeastSquares(2)
     assert (m.lam, m.delta, m.max_trace, m.updates) == (0.992, 100.0, 1e6, 0)
     assert (m.P == 100.0 * np.eye(2)).all() and (m.theta == 0).all()
+
+
+def test_radix_prune_takes_several_parents_touched_at_the_same_time():
+    t = RadixTree()
+    for seq in ([1, 2, 3], [1, 2, 4], [5, 6, 7], [5, 6, 8]):
+        t.insert(np.array(seq), 1.0)  # two inner nodes, [1, 2] and [5, 6], both last touched at 1.0
+    assert t.size == 8 and t.prune(0) == 8 and t.size == 0 and not t.root.children
