@@ -56,16 +56,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT_FILE = Path(__file__).resolve().parent / "mutation_equivalent.txt"
 
-# Mutated by default: the eviction policies, the routers and the simulator's scheduling. Not yet: the files
-# being rewritten (belady, lbgr, kv_cost, llmd, prefix_hash, cache_aware); pass them as arguments once done.
-NOT_YET = {"kvbench/cache/belady.py", "kvbench/routing/lbgr.py", "kvbench/routing/kv_cost.py",
-           "kvbench/routing/llmd.py", "kvbench/routing/prefix_hash.py", "kvbench/routing/cache_aware.py"}
+# Mutated by default: every eviction policy, every router and the simulator's scheduling.
 
 
 def default_files(root: Path = ROOT) -> list[str]:
     files = [str(p.relative_to(root)) for pattern in ("kvbench/cache/*.py", "kvbench/routing/*.py")
              for p in sorted(root.glob(pattern))]
-    return [f for f in files if f not in NOT_YET] + ["kvbench/sim/engine.py"]
+    return files + ["kvbench/sim/engine.py"]
 
 
 # The fast tests that exercise each file (longest matching prefix wins). Folders are expanded to their test
