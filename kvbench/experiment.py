@@ -65,6 +65,7 @@ SUMMARY_METRICS = (
     "total_token_throughput",
     "requests_cv",
 )
+OPTIONAL_METRICS = ("request_goodput",)  # summarised when the runs have them (replayed with --goodput)
 _LIST_FIELDS = ("eviction", "router")
 _REPLAY_FIELDS = {f.name for f in fields(ReplaySpec)} - {"trace", "output", "progress"}
 
@@ -345,8 +346,11 @@ def _run_jobs(name: str, todo: list[Job], jobs_n: int, bar: Any) -> int:
 
 
 def summarise(exp: Experiment, jobs: list[Job]) -> list[dict[str, Any]]:
-    """One row per (sweep value, eviction, router): mean and std over the seeds that finished."""
+    """One row per (sweep value, eviction, router) over the seeds that finished: mean, sample standard
+    deviation and the half-width of the mean's 95% t-interval (none with one seed)."""
     import numpy as np
+
+    from kvbench.seed_stats import seed_stats
 
     groups: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
     for job in jobs:
@@ -361,10 +365,11 @@ def summarise(exp: Experiment, jobs: list[Job]) -> list[dict[str, Any]]:
             row[exp.sweep_field] = value
         row.update({"eviction": ev, "router": rt, "seeds": len(sums)})
         hr_ideal = [s.get("hit_rates", {}).get("ideal") for s in sums]
-        for metric in SUMMARY_METRICS:
-            vals = [s.get(metric) for s in sums if s.get(metric) is not None]
-            row[f"{metric}_mean"] = float(np.mean(vals)) if vals else None
-            row[f"{metric}_std"] = float(np.std(vals)) if vals else None
+        for metric in SUMMARY_METRICS + tuple(m for m in OPTIONAL_METRICS if any(m in s for s in sums)):
+            st = seed_stats([s.get(metric) for s in sums])
+            row[f"{metric}_mean"] = st.mean
+            row[f"{metric}_std"] = st.std
+            row[f"{metric}_ci95"] = st.ci95
         ideal = [v for v in hr_ideal if v is not None]
         row["ideal_hit_rate"] = float(np.mean(ideal)) if ideal else None
         rows.append(row)

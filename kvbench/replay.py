@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import shutil
 import signal
@@ -57,16 +58,23 @@ class ReplaySpec:
     api: str = "completions"  # completions | chat
     progress: bool = True
     chunked_prefill: bool = True  # simulator: split long prompts across steps (vLLM v1's default)
+    goodput: dict[str, float] = field(default_factory=dict)  # SLOs in ms: ttft, tpot, e2el
+    headers: dict[str, str] = field(default_factory=dict)  # HTTP: sent with every request
+    api_key: str | None = None  # HTTP: sent as "Authorization: Bearer KEY"
+    extra_body: dict[str, Any] = field(default_factory=dict)  # HTTP: merged into every request body
 
     @property
     def is_sim(self) -> bool:
         return self.target == "sim"
 
     def to_config(self) -> dict[str, Any]:
+        from kvbench.http.request_options import redacted
+
         d = asdict(self)
         d["trace"] = str(self.trace)
         d["output"] = str(self.output)
         d.pop("progress", None)
+        d.update(redacted(self.headers, self.api_key))  # names only: secrets never reach run.json
         return d
 
 
@@ -106,12 +114,20 @@ def validate_spec(spec: ReplaySpec) -> None:
          f"--max-concurrency {spec.max_concurrency}: must be at least 1"),
     ]
     if spec.is_sim:
+        checks.append((not spec.headers and not spec.extra_body,
+                       "--header/--extra-body: the simulator sends no requests; use them with a real --target"))
         checks.append((spec.workers >= 1, f"--workers {spec.workers}: the simulator needs at least one worker"))
         checks.append((spec.workers <= MAX_SIM_WORKERS,
                        f"--workers {spec.workers}: the simulator takes at most {MAX_SIM_WORKERS} workers"))
     for ok, message in checks:
         if not ok:
             raise fail(message)
+    from kvbench.goodput import check_goodput
+    from kvbench.http.request_options import check_extra_body, check_headers
+
+    check_goodput(spec.goodput)
+    check_headers(spec.headers)
+    check_extra_body(spec.extra_body)
     if spec.router not in ROUTERS:
         raise fail(f"--router {spec.router}: unknown router (known: {', '.join(ROUTERS)})")
     if spec.eviction not in POLICIES and (spec.is_sim or spec.eviction != SERVER_EVICTION):
@@ -286,7 +302,7 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     extra: dict[str, float | None] = {"ideal": ideal, "server_counters": None, "cache_counters": None}
     extra.update(result.hit_rates)
     rows = result.rows.reset_index(drop=True)
-    summary = compute_summary(rows, len(result.workers), extra)
+    summary = compute_summary(rows, len(result.workers), extra, spec.goodput)
     config = assemble_config(spec, replayed, result, summary)
     if result.block_size and result.block_size != spec.block_size:
         # the servers' own block size is what ran; reports group runs by this value
@@ -307,10 +323,12 @@ class Combination:
     eviction: str
     router: str
     spec: ReplaySpec
+    rate_scale: float | None = None  # a step of a --rate-scale ladder
 
     @property
     def label(self) -> str:
-        return f"{self.eviction}-{self.router}"
+        base = f"{self.eviction}-{self.router}"
+        return base if self.rate_scale is None else f"{base}/rate-x{self.rate_scale:g}"
 
 
 def split_list(value: str, flag: str) -> list[str]:
@@ -322,15 +340,39 @@ def split_list(value: str, flag: str) -> list[str]:
     return items
 
 
-def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str]) -> list[Combination]:
-    """One spec per (eviction, router), each writing to ``<output>/<eviction>-<router>``."""
+def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str],
+               rate_scales: list[float] | None = None) -> list[Combination]:
+    """One spec per (eviction, router[, rate scale]), writing to ``<output>/<eviction>-<router>[/rate-xS]``.
+
+    A rate scale S replays the trace's arrivals S times as fast (time scale divided by S): a load ladder on
+    one fixed trace, so each combination's saturation point shows in the report's sweep charts.
+    """
     combos = []
-    for ev, rt in itertools.product(evictions, routers):
-        name = f"{base.name}/{ev}-{rt}" if base.name else f"{ev}-{rt}"
-        spec = replace(base, eviction=ev, router=rt, output=Path(base.output) / f"{ev}-{rt}", name=name,
-                       progress=False)
-        combos.append(Combination(ev, rt, spec))
+    for ev, rt, scale in itertools.product(evictions, routers, rate_scales or [None]):
+        c = Combination(ev, rt, base, scale)
+        spec = replace(base, eviction=ev, router=rt, output=Path(base.output) / c.label,
+                       name=f"{base.name}/{c.label}" if base.name else c.label, progress=False,
+                       time_scale=base.time_scale if scale is None else base.time_scale / scale)
+        combos.append(Combination(ev, rt, spec, scale))
     return combos
+
+
+def parse_rate_scales(text: str | None) -> list[float] | None:
+    """``"0.5,1,2,4"`` -> multipliers of the trace's arrival rate; one line naming --rate-scale otherwise."""
+    if text is None:
+        return None
+    out = []
+    for item in split_list(text, "--rate-scale"):
+        try:
+            value = float(item)
+        except ValueError:
+            raise fail(f"--rate-scale {text}: {item!r} is not a number (e.g. --rate-scale 0.5,1,2,4)") from None
+        if not math.isfinite(value) or value <= 0:
+            raise fail(f"--rate-scale {text}: {item!r} must be a positive multiplier of the trace's arrival rate")
+        out.append(value)
+    if len(set(out)) != len(out):
+        raise fail(f"--rate-scale {text}: a multiplier is repeated")
+    return out
 
 
 @contextlib.contextmanager
@@ -486,21 +528,34 @@ def register(app: typer.Typer) -> None:
         max_num_seqs: int = typer.Option(256, help="Simulator: sequences running at once per worker."),
         chunked_prefill: bool = typer.Option(True, help="Simulator: split long prompts across steps."),
         time_scale: float = typer.Option(1.0, help="Multiply trace times (0.5 replays twice as fast)."),
+        rate_scale: Optional[str] = typer.Option(
+            None, help="Load ladder: comma list of arrival-rate multipliers (e.g. 0.5,1,2,4), one run each."),
         max_requests: Optional[int] = typer.Option(None, help="Replay only the first N requests."),
         name: Optional[str] = typer.Option(None, help="Run name recorded in run.json."),
         output: Optional[Path] = typer.Option(None, "-o", "--output",
                                               help="Result directory (a sweep writes one subdirectory per combination)."),
         jobs: int = typer.Option(0, help="Parallel processes of a simulator sweep (0 = one per core)."),
-        history: str = typer.Option("recorded", help="HTTP sessions: 'recorded' prompts or 'generated' history."),
+        history: str = typer.Option(
+            "recorded", help="Sessions: 'recorded' prompts or 'generated' history (the sim: answers hit)."),
         timeout: float = typer.Option(600.0, help="HTTP: per-request timeout in seconds."),
         max_concurrency: Optional[int] = typer.Option(None, help="HTTP: cap on requests in flight."),
         reset_cache: bool = typer.Option(True, help="HTTP: reset every worker's prefix cache before the run."),
         model: Optional[str] = typer.Option(None, help="HTTP: model name to send (default: the served one)."),
         api: str = typer.Option("completions", help="HTTP: 'completions' or 'chat'."),
+        goodput: Optional[str] = typer.Option(
+            None, help="SLOs in ms for goodput, e.g. ttft:500,tpot:50,e2el:5000 (as vllm bench serve)."),
+        header: Optional[list[str]] = typer.Option(None, help="HTTP: header 'NAME: VALUE' for every request "
+                                                              "(repeatable); recorded by name only."),
+        api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", show_envvar=True,
+                                              help="HTTP: sent as 'Authorization: Bearer KEY'; never recorded."),
+        extra_body: Optional[str] = typer.Option(None, help="HTTP: JSON object merged into every request body."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished runs in the output directory."),
     ) -> None:
         """Replay a trace against the simulator or real workers; comma lists of --eviction/--router sweep."""
+        from kvbench.goodput import parse_goodput
+        from kvbench.http.request_options import parse_extra_body, parse_headers
+
         evictions = resolve_evictions(eviction, target)
         routers = split_list(router, "--router")
         if jobs < 0:
@@ -515,8 +570,11 @@ def register(app: typer.Typer) -> None:
             max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs, time_scale=time_scale,
             max_requests=max_requests, name=name, history=history, timeout_s=timeout,
             max_concurrency=max_concurrency, reset_cache=reset_cache, model=model, api=api, progress=progress,
-            chunked_prefill=chunked_prefill)
-        combos = plan_sweep(base, evictions, routers) if len(evictions) * len(routers) > 1 else []
+            chunked_prefill=chunked_prefill, goodput=parse_goodput(goodput), headers=parse_headers(header),
+            api_key=api_key, extra_body=parse_extra_body(extra_body))
+        scales = parse_rate_scales(rate_scale)
+        many = len(evictions) * len(routers) > 1 or scales is not None
+        combos = plan_sweep(base, evictions, routers, scales) if many else []
         if not overwrite:
             for out in [output, *(Path(c.spec.output) for c in combos)]:
                 if (Path(out) / "run.json").exists():

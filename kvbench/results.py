@@ -81,8 +81,10 @@ def _cv(values: list[float]) -> float:
     return float(arr.std() / arr.mean())
 
 
-def compute_summary(df: pd.DataFrame, n_workers: int, extra_hit_rates: dict[str, float | None] | None = None) -> dict[str, Any]:
-    """Summary metrics named like ``vllm bench serve``; pure function of the request rows."""
+def compute_summary(df: pd.DataFrame, n_workers: int, extra_hit_rates: dict[str, float | None] | None = None,
+                    goodput: dict[str, float] | None = None) -> dict[str, Any]:
+    """Summary metrics named like ``vllm bench serve``; pure function of the request rows (and of the
+    goodput objectives, in ms, when given)."""
     ok = df[df["status"] == "ok"]
     summary: dict[str, Any] = {
         "num_requests": int(len(df)),
@@ -108,6 +110,10 @@ def compute_summary(df: pd.DataFrame, n_workers: int, extra_hit_rates: dict[str,
     summary.update(_stats("e2el", ok["e2e_s"].to_numpy(dtype=float)))
     itl = [x for lst in ok["itl_s"] if lst is not None for x in lst]
     summary.update(_stats("itl", np.asarray(itl, dtype=float)))
+    if goodput:
+        from kvbench.goodput import goodput_summary
+
+        summary.update(goodput_summary(df, goodput, duration))
 
     hit_rates: dict[str, float | None] = {}
     cached = ok["cached_tokens"]

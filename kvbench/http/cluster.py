@@ -370,8 +370,13 @@ def start_workers(options: Sequence[WorkerOptions], log_dir: Path, timeout: floa
 def cluster_options(model: str, workers: int, eviction: str, seed: int, base_port: int, cpu: bool,
                     block_size: int | None, kv_cache_tokens: int | None, max_model_len: int | None,
                     host: str, kv_events: bool, eviction_params: dict[str, Any] | None = None,
-                    extra_args: Sequence[str] = ()) -> tuple[list[WorkerOptions], str]:
-    """One WorkerOptions per worker, and the device kind ("cpu" or "gpu")."""
+                    extra_args: Sequence[str] = (), served_model_name: str | None = None
+                    ) -> tuple[list[WorkerOptions], str]:
+    """One WorkerOptions per worker, and the device kind ("cpu" or "gpu").
+
+    The model is served under a stable name (default: the model folder's name, like a hub id's last part), so
+    clients such as `vllm bench serve --model NAME` work the same from any directory.
+    """
     if workers < 1:
         raise fail(f"--workers must be at least 1, got {workers}")
     model_path = Path(model)
@@ -388,7 +393,9 @@ def cluster_options(model: str, workers: int, eviction: str, seed: int, base_por
     device = "gpu" if gpus else "cpu"
     if gpus and workers > gpus:
         raise fail(f"--workers {workers}: only {gpus} GPU(s) visible; use at most {gpus} or pass --cpu")
-    name = str(model_path.resolve())
+    name = served_model_name if served_model_name is not None else model_path.resolve().name
+    if not name.strip() or any(c.isspace() for c in name):
+        raise fail(f"--served-model-name {name!r}: must be a non-empty name without spaces")
     out = []
     for i in range(workers):
         out.append(WorkerOptions(
@@ -487,11 +494,13 @@ def register_cluster(app: typer.Typer) -> None:
         log_dir: Path | None = typer.Option(None, "--log-dir", help="Server logs (default: beside the cluster file)."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for all workers to be healthy."),
         extra: list[str] = typer.Option([], "--vllm-arg", help="Extra argument passed to every server (repeatable)."),
+        served_model_name: str | None = typer.Option(
+            None, "--served-model-name", help="Name clients send as 'model' (default: the model folder's name)."),
     ) -> None:
         """Start N vLLM OpenAI servers, wait for health and write their endpoints to a cluster file."""
         options, device = cluster_options(model, workers, eviction, seed, base_port, cpu, block_size,
                                           kv_cache_tokens, max_model_len, host, kv_events,
-                                          _eviction_params(eviction, eviction_param), extra)
+                                          _eviction_params(eviction, eviction_param), extra, served_model_name)
         logs = log_dir or output.resolve().parent / f"{output.stem}-logs"
         info = start_cluster(options, device, logs, timeout)
         try:

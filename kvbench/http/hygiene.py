@@ -9,6 +9,8 @@ counter when usage lacks them) proves the reset worked. A last reset removes the
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +20,8 @@ from kvbench.http import metrics
 from kvbench.http.client import ClientSettings, Prompt, send
 from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
 
-RESET_PATH = "/reset_prefix_cache"
+RESET_PATH = "/reset_prefix_cache"  # vLLM (with VLLM_SERVER_DEV_MODE=1)
+FLUSH_PATH = "/flush_cache"  # SGLang
 
 
 @dataclass
@@ -41,28 +44,52 @@ def probe_prompt(block_size: int) -> Prompt:
 
 
 async def post_reset(session: aiohttp.ClientSession, url: str, attempts: int = 5) -> tuple[str, str]:
-    """(action, detail) after retrying a refused reset a few times (blocks may still be held)."""
+    """(action, detail) after retrying a refused reset a few times (blocks may still be held).
+
+    vLLM resets with /reset_prefix_cache; a server without it (404/405) gets SGLang's /flush_cache."""
+    action, detail = await _post_until_reset(session, url, RESET_PATH, attempts, _vllm_answer)
+    if action != "unsupported":
+        return action, detail
+    sgl_action, sgl_detail = await _post_until_reset(session, url, FLUSH_PATH, attempts, _sglang_answer)
+    if sgl_action == "unsupported":
+        return action, (f"{detail}; vLLM serves it only with VLLM_SERVER_DEV_MODE=1, and SGLang's POST "
+                        f"{FLUSH_PATH} is not there either")
+    return sgl_action, sgl_detail
+
+
+def _vllm_answer(status: int, text: str) -> str:
+    """vLLM: 200 with success=false while blocks are still in use (retry); any other error is final."""
+    if status != 200:
+        return "failed"
+    try:
+        body = json.loads(text) if text.strip() else {}
+    except ValueError:
+        body = {}
+    return "reset" if not isinstance(body, dict) or body.get("success", True) else "retry"
+
+
+def _sglang_answer(status: int, text: str) -> str:
+    """SGLang: 200 once its radix cache is flushed, 400 while requests still run (retry)."""
+    return "reset" if status == 200 else "retry"
+
+
+async def _post_until_reset(session: aiohttp.ClientSession, url: str, path: str, attempts: int,
+                            judge: Callable[[int, str], str]) -> tuple[str, str]:
     detail = ""
     for i in range(attempts):
         try:
-            async with session.post(url + RESET_PATH, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            async with session.post(url + path, timeout=aiohttp.ClientTimeout(total=30)) as resp:
                 text = await resp.text()
-                if resp.status in (404, 405):
-                    return "unsupported", (f"POST {RESET_PATH} answered HTTP {resp.status}; vLLM serves it "
-                                           "only with VLLM_SERVER_DEV_MODE=1")
-                if resp.status != 200:
-                    return "failed", f"POST {RESET_PATH} answered HTTP {resp.status}: {text[:200]}"
-                try:
-                    import json
-
-                    body = json.loads(text) if text.strip() else {}
-                except ValueError:
-                    body = {}
-                if not isinstance(body, dict) or body.get("success", True):
-                    return "reset", f"POST {RESET_PATH}: HTTP 200 {text.strip()[:80]}"
-                detail = f"POST {RESET_PATH} answered success=false {i + 1} time(s) (blocks still in use)"
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return "failed", f"POST {RESET_PATH} failed: {type(exc).__name__}: {exc}"
+            return "failed", f"POST {path} failed: {type(exc).__name__}: {exc}"
+        if resp.status in (404, 405):
+            return "unsupported", f"POST {path} answered HTTP {resp.status}"
+        verdict = judge(resp.status, text)
+        if verdict == "reset":
+            return "reset", f"POST {path}: HTTP {resp.status} {text.strip()[:80]}"
+        if verdict == "failed":
+            return "failed", f"POST {path} answered HTTP {resp.status}: {text[:200]}"
+        detail = f"POST {path} refused {i + 1} time(s) (requests or blocks still in use): {text.strip()[:120]}"
         await asyncio.sleep(0.5)
     return "refused", detail
 

@@ -22,10 +22,18 @@ TTFT_COUNT = "vllm:time_to_first_token_seconds_count"
 REQUEST_SUCCESS = "vllm:request_success_total"
 PREEMPTIONS = "vllm:num_preemptions_total"
 
+# SGLang (--enable-metrics) counts every prompt token and the cached ones (summed over its cache_source
+# label: device, host, storage), and times TTFT under its own prefix.
+SGL_PROMPT = "sglang:prompt_tokens_total"
+SGL_CACHED = "sglang:cached_tokens_total"
+TTFT_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds")
+
 # The counters and gauges recorded before and after a run (others are parsed but not kept).
 KEPT = (PREFIX_QUERIES, PREFIX_HITS, KV_USAGE, TTFT_SUM, TTFT_COUNT, REQUEST_SUCCESS, PREEMPTIONS,
         "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total")
+        "vllm:generation_tokens_total",
+        SGL_PROMPT, SGL_CACHED, "sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count",
+        "sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage", "sglang:generation_tokens_total")
 
 @dataclass
 class Sample:
@@ -141,10 +149,13 @@ def delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str) -> float |
 
 
 def counter_hit_rate(pairs: list[tuple[MetricsSnapshot, MetricsSnapshot]]) -> dict[str, float | None]:
-    """Run hit rate from prefix-cache counter deltas summed over workers (None if any worker lacks them)."""
+    """Run hit rate from prefix-cache counter deltas summed over workers (None if any worker lacks them):
+    vLLM's prefix-cache hits / queries, or SGLang's cached / prompt tokens."""
     hits = queries = 0.0
     for before, after in pairs:
         h, q = delta(before, after, PREFIX_HITS), delta(before, after, PREFIX_QUERIES)
+        if h is None or q is None:
+            h, q = delta(before, after, SGL_CACHED), delta(before, after, SGL_PROMPT)
         if h is None or q is None:
             return {"hits": None, "queries": None, "hit_rate": None}
         hits += h
@@ -158,3 +169,12 @@ def histogram_mean_delta(before: MetricsSnapshot, after: MetricsSnapshot, base: 
     if s is None or not c:
         return None
     return s / c
+
+
+def server_ttft_mean(before: MetricsSnapshot, after: MetricsSnapshot) -> float | None:
+    """The server's own mean TTFT over a run, from whichever server family's histogram it exports."""
+    for base in TTFT_HISTOGRAMS:
+        value = histogram_mean_delta(before, after, base)
+        if value is not None:
+            return value
+    return None

@@ -68,15 +68,19 @@ class PromptSource:
         self._has_ids = "prompt_token_ids" in df.columns
         self._has_text = "prompt" in df.columns
 
-    def _ids(self, i: int) -> list[int] | None:
+    def _trace_ids(self, i: int) -> list[int] | None:
         if self._has_ids:
             v = self.df.at[i, "prompt_token_ids"]
             if v is not None and not (isinstance(v, float) and np.isnan(v)):
                 return np.asarray(v, dtype=np.int64).tolist()
-        if self._text(i) is None:
+        return None
+
+    def _ids(self, i: int) -> list[int] | None:
+        ids = self._trace_ids(i)
+        if ids is None and self._text(i) is None:
             r = self.df.iloc[i]
             return synthesize_ids(r["hash_ids"], int(r["input_tokens"]), self.block_size, str(r["request_id"]))
-        return None
+        return ids
 
     def _text(self, i: int) -> str | None:
         if self._has_text:
@@ -111,6 +115,21 @@ class PromptSource:
         if prev.token_ids is not None and out.token_ids is not None and base.token_ids is not None:
             return Prompt(token_ids=list(prev.token_ids) + list(out.token_ids) + user_ids, text=text, recorded=False)
         return Prompt(token_ids=None, text=text, recorded=False)
+
+    def route_units(self, i: int, prompt: Prompt) -> tuple[str | None, list[int] | None]:
+        """(text, token ids) the router may match for row ``i``: only the kinds the trace row holds.
+
+        The simulator's router sees the trace row, so the HTTP router must too: a hash-only row's synthetic
+        ids and a token-id row's text decoded for chat are ways of sending it, not its units (with neither,
+        the router matches the hash ids). A generated-history prompt keeps the row's kinds, taken from what
+        was actually sent (ids re-encoded from the text when it went as text), so a session stays in one unit.
+        """
+        text, ids = self._text(i), self._trace_ids(i)
+        if prompt.recorded:
+            return text, ids
+        if ids is not None:
+            ids = list(prompt.token_ids) if prompt.token_ids is not None else self.encode(prompt.as_text())
+        return (prompt.as_text() if text is not None else None), ids
 
     def length(self, i: int, prompt: Prompt) -> int:
         if prompt.recorded:

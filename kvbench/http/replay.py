@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from kvbench.http import metrics
 from kvbench.http.client import ClientSettings, Outcome, Prompt, send
 from kvbench.http.hygiene import reset_and_verify
 from kvbench.http.progress import RunProgress
+from kvbench.http.request_options import session_headers
 from kvbench.http.prompts import PromptSource, SessionHistory
 from kvbench.http.targets import Target, parse_target
 from kvbench.replay import BackendResult, ReplaySpec
@@ -50,16 +52,25 @@ LATENCY_ORIGIN = ("ttft_s/e2e_s are measured from sent_s, as vllm bench serve do
 class Preflight:
     model: str
     served: dict[str, list[str]] = field(default_factory=dict)
+    cards: dict[str, list[dict]] = field(default_factory=dict)  # /v1/models entries per URL
+
+    def max_model_len(self, url: str) -> int | None:
+        """The context length ``url`` serves the chosen model with (vLLM lists it in /v1/models), if known."""
+        for card in self.cards.get(url, []):
+            n = card.get("max_model_len")
+            if str(card.get("id")) == self.model and isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                return n
+        return None
 
 
-async def _models(session: aiohttp.ClientSession, url: str) -> tuple[list[str] | None, str | None]:
-    """Served model ids (None if the server has no /v1/models), or an error if the URL is unreachable."""
+async def _models(session: aiohttp.ClientSession, url: str) -> tuple[list[dict] | None, str | None]:
+    """Served model entries (None if the server has no /v1/models), or an error if the URL is unreachable."""
     try:
         async with session.get(f"{url}/v1/models", timeout=aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT_S)) as r:
             if r.status != 200:
                 return None, None
             data = await r.json(content_type=None)
-            return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)], None
+            return [m for m in data.get("data", []) if isinstance(m, dict)], None
     except aiohttp.ClientConnectorError as exc:
         return None, f"cannot connect ({exc.os_error or exc})"
     except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
@@ -72,18 +83,39 @@ async def preflight(session: aiohttp.ClientSession, target: Target, model: str |
     bad = [f"{u} ({err})" for u, (_, err) in zip(target.urls, results) if err]
     if bad:
         raise fail(f"worker unreachable: {'; '.join(bad)}; start it or fix --target")
-    served = {u: ids for u, (ids, _) in zip(target.urls, results) if ids is not None}
+    cards = {u: c for u, (c, _) in zip(target.urls, results) if c is not None}
+    served = {u: [str(m.get("id")) for m in c] for u, c in cards.items()}
     if model:
         missing = [u for u, ids in served.items() if ids and model not in ids]
         if missing:
             raise fail(f"--model {model}: not served by {missing[0]} (it serves {', '.join(served[missing[0]])})")
-        return Preflight(model=model, served=served)
+        return Preflight(model=model, served=served, cards=cards)
     if target.model and all(not ids or target.model in ids for ids in served.values()):
-        return Preflight(model=target.model, served=served)
+        return Preflight(model=target.model, served=served, cards=cards)
     for u in target.urls:
         if served.get(u):
-            return Preflight(model=served[u][0], served=served)
+            return Preflight(model=served[u][0], served=served, cards=cards)
     raise fail(f"{target.urls[0]}: no /v1/models list to take the model name from; pass --model NAME")
+
+
+def check_context_length(pre: Preflight, urls: list[str], df: pd.DataFrame) -> dict[str, Any]:
+    """Say up front how many requests a server will refuse for their length (prompt + output tokens over its
+    max_model_len, as vLLM checks), instead of only counting failures afterwards."""
+    lens = {u: pre.max_model_len(u) for u in urls}
+    known = [n for n in lens.values() if n is not None]
+    out: dict[str, Any] = {"max_model_len": lens, "requests_over_max_model_len": None}
+    if not known:
+        return out
+    limit = min(known)  # a request may be routed to any worker
+    need = df["input_tokens"].to_numpy(dtype=np.int64) + df["output_tokens"].to_numpy(dtype=np.int64)
+    over = int((need > limit).sum())
+    out["requests_over_max_model_len"] = over
+    if over:
+        where = next(u for u, n in lens.items() if n == limit)
+        print(f"kvbench: warning: {over} of {len(df)} requests need more than max_model_len {limit} tokens "
+              f"(prompt + output; the largest needs {int(need.max())}) served at {where}; the server will refuse "
+              f"them. Serve with a larger --max-model-len or use a trace with shorter requests", file=sys.stderr)
+    return out
 
 
 async def sleep_until(deadline: float, spin_s: float = 0.0015) -> None:
@@ -162,10 +194,13 @@ class HttpReplay:
     async def run(self) -> BackendResult:
         spec = self.spec
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        async with aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT) as session:
+        headers = session_headers(spec.headers, spec.api_key)
+        async with aiohttp.ClientSession(connector=connector, timeout=SESSION_TIMEOUT, headers=headers) as session:
             pre = await preflight(session, self.target, spec.model)
+            self.context = check_context_length(pre, self.urls, self.df)
             self.settings = ClientSettings(model=pre.model, api=spec.api, timeout_s=spec.timeout_s,
-                                           return_token_ids=spec.history == "generated")
+                                           return_token_ids=spec.history == "generated",
+                                           extra_body=dict(spec.extra_body))
             config_snaps = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
             bs, bs_source = self._choose_block_size(config_snaps)
             self.hashes, self.router_bs = self._hash_lists(bs, bs_source), bs
@@ -246,10 +281,11 @@ class HttpReplay:
         try:
             async with sem:
                 prompt = self.prompts.prompt(i, history, chat=self.spec.api == "chat")
+                text, ids = self.prompts.route_units(i, prompt)
                 route_req = RouteRequest(
                     request_id=row["request_id"], input_tokens=self.prompts.length(i, prompt),
                     output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
-                    prompt_token_ids=prompt.token_ids, prompt=prompt.text, session_id=row["session_id"])
+                    prompt_token_ids=ids, prompt=text, session_id=row["session_id"])
                 out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]), i)
             self._fill(row, out, worker)
             if self.on_event is not None:
@@ -342,12 +378,13 @@ class HttpReplay:
         lags = (sent["sent_s"] - sent["arrival_s"]).to_numpy(dtype=float)
         pairs = list(zip(before, after))
         counters = metrics.counter_hit_rate(pairs)
-        server_ttft = [metrics.histogram_mean_delta(b, a, "vllm:time_to_first_token_seconds") for b, a in pairs]
+        server_ttft = [metrics.server_ttft_mean(b, a) for b, a in pairs]
         config = {
             "backend": "http",
             "target": {"source": self.target.source, "urls": self.urls, "cluster": self.target.cluster or None},
             "model": pre.model,
             "served_models": pre.served,
+            **self.context,
             "api": self.spec.api,
             "history": self.spec.history,
             "prompt_format": ["token_ids" if ok else "text" for ok in self.accepts_ids]

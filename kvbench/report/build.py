@@ -39,6 +39,19 @@ class Report:
         return [c for s in self.sections for c in s.charts]
 
 
+def _heatmaps(runs: list[ReportRun]) -> list:
+    """The eviction x router heatmap of the setting (workers, cache, load, target) with the most combinations;
+    other settings are compared in the sweep charts."""
+    from kvbench.report.seeds import setting_groups
+
+    groups = [g for g in setting_groups(runs) if len({r.combination for r in g[1]}) > 1]
+    if not groups:
+        return []
+    label, members = max(groups, key=lambda g: len({r.combination for r in g[1]}))
+    title = "Eviction × router" + (f" ({label})" if len(setting_groups(runs)) > 1 and label else "")
+    return [lambda cid: charts.heatmap_chart(cid, title, members)]
+
+
 def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palette) -> WorkloadSection:
     section = WorkloadSection(key, runs[0].workload_label, runs, description=workload_description(runs[0].config))
     prefix = f"w{index}"
@@ -59,10 +72,11 @@ def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palett
         section.notes.append(f"{len(partial)} runs have failed or cancelled requests (at most {worst.n_failed} of "
                              f"{len(worst.requests)}, in {worst.name}); latencies cover completed requests only "
                              "(see Failed requests).")
-    makers = [
+    makers = [*_heatmaps(runs),
         lambda cid: charts.hit_rate_chart(cid, runs, palette),
         lambda cid: charts.ttft_chart(cid, runs, palette),
         lambda cid: charts.throughput_chart(cid, runs, palette),
+        lambda cid: charts.goodput_chart(cid, runs, palette),
         lambda cid: charts.cdf_chart(cid, completed, palette, "ttft_s", "TTFT"),
         lambda cid: charts.cdf_chart(cid, completed, palette, "e2e_s", "end-to-end latency"),
         lambda cid: charts.hit_rate_over_time_chart(cid, runs, palette),

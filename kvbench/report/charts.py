@@ -68,9 +68,35 @@ def _layout(fig: go.Figure, title: str, height: int, **kw) -> go.Figure:
     return fig
 
 
+def short_names(names: list[str], width: int = 28) -> list[str]:
+    """Tick labels that stay readable with many runs: the path parts all names share are dropped (an
+    experiment's name, a common "/seed0"), and what is left is shortened in the middle to ``width``."""
+    parts = [n.split("/") for n in names]
+    if len(parts) > 1:
+        while all(len(p) > 1 for p in parts) and len({p[0] for p in parts}) == 1:
+            parts = [p[1:] for p in parts]
+        while all(len(p) > 1 for p in parts) and len({p[-1] for p in parts}) == 1:
+            parts = [p[:-1] for p in parts]
+    out = []
+    for p in parts:
+        text = "/".join(p)
+        if len(text) > width:
+            keep = width - 1
+            text = text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
+        out.append(text)
+    return out
+
+
 def _run_axis(runs: list[ReportRun]) -> dict:
-    return {"type": "category", "categoryorder": "array", "categoryarray": [plot_text(r.name) for r in runs],
+    names = [plot_text(r.name) for r in runs]
+    axis = {"type": "category", "categoryorder": "array", "categoryarray": names,
             "tickangle": -30 if len(runs) > 4 else 0, "automargin": True}
+    short = [plot_text(s) for s in short_names([r.name for r in runs])]
+    if short != names:  # hover still shows the full name (the category itself)
+        axis.update(tickmode="array", tickvals=names, ticktext=short)
+    if len(runs) > 12:
+        axis.update(tickangle=-60, tickfont={"size": 10})
+    return axis
 
 
 def _by_combination(runs: list[ReportRun]) -> dict[Combination, list[ReportRun]]:
@@ -141,6 +167,73 @@ def throughput_chart(cid: str, runs: list[ReportRun], palette: Palette) -> Chart
     fig.update_xaxes(**_run_axis(have))
     fig.update_yaxes(rangemode="tozero")
     return Chart(cid, "throughput", fig, 400, wide=len(have) > 8)
+
+
+def goodput_chart(cid: str, runs: list[ReportRun], palette: Palette) -> Chart | None:
+    """Good requests per second and the share of requests meeting every SLO (runs replayed or reported
+    with --goodput)."""
+    have = [r for r in runs if r.summary.get("request_goodput") is not None]
+    if not have:
+        return None
+    slo = have[0].summary.get("goodput_slo_ms") or {}
+    what = ", ".join(f"{k} <= {v:g} ms" for k, v in slo.items()) if isinstance(slo, dict) else ""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("good requests/s", "requests meeting every SLO"),
+                        horizontal_spacing=0.12)
+    for combination, members in _by_combination(have).items():
+        names = [plot_text(r.name) for r in members]
+        for col, key, fmt in ((1, "request_goodput", ".3g"), (2, "goodput_attainment", ".1%")):
+            fig.add_bar(x=names, y=[r.summary.get(key) for r in members], name=plot_text(combination.label),
+                        marker_color=palette(combination), legendgroup=plot_text(combination.label),
+                        showlegend=col == 1, row=1, col=col,
+                        hovertemplate="%{x}<br>%{y:" + fmt + "}<extra></extra>")
+    _layout(fig, f"Goodput per run ({what})" if what else "Goodput per run", 400, barmode="overlay")
+    fig.update_xaxes(**_run_axis(have))
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.05], row=1, col=2)
+    return Chart(cid, "goodput", fig, 400, wide=len(have) > 8)
+
+
+HEATMAP_METRICS = (("hit rate", lambda r: r.hit_rate(), ".1%"),
+                   ("mean TTFT (ms)", lambda r: r.summary.get("mean_ttft_ms"), ".1f"),
+                   ("goodput (req/s)", lambda r: r.summary.get("request_goodput"), ".3g"))
+
+
+def heatmap_chart(cid: str, title: str, runs: list[ReportRun]) -> Chart | None:
+    """Eviction x router, coloured by one metric at a time (a menu switches it): the mission's view.
+
+    ``runs`` share every other setting, so a cell averages only seeds (replicates)."""
+    evictions = list(dict.fromkeys(r.combination.eviction for r in runs))
+    routers = list(dict.fromkeys(r.combination.router for r in runs))
+    if len(evictions) < 2 and len(routers) < 2:
+        return None
+    fig = go.Figure()
+    buttons = []
+    shown = [m for m in HEATMAP_METRICS if any(m[1](r) is not None for r in runs)]
+    for k, (label, metric, fmt) in enumerate(shown):
+        z, text = [], []
+        for ev in evictions:
+            row, row_text = [], []
+            for rt in routers:
+                value = _mean([metric(r) for r in runs if r.combination == Combination(ev, rt)])
+                row.append(value)
+                row_text.append("" if value is None else format(value, fmt))
+            z.append(row)
+            text.append(row_text)
+        lower_better = "TTFT" in label
+        fig.add_heatmap(z=z, x=[plot_text(r) for r in routers], y=[plot_text(e) for e in evictions], text=text,
+                        texttemplate="%{text}", colorscale="RdYlGn_r" if lower_better else "RdYlGn",
+                        visible=k == 0, colorbar={"title": {"text": plot_text(label)}},
+                        hovertemplate="%{y} × %{x}<br>" + plot_text(label) + " %{text}<extra></extra>")
+        buttons.append({"label": plot_text(label), "method": "update",
+                        "args": [{"visible": [j == k for j in range(len(shown))]}]})
+    height = max(300, 80 + 44 * len(evictions))
+    _layout(fig, title, height, xaxis={"title": "router", "type": "category"},
+            yaxis={"title": "eviction", "type": "category", "autorange": "reversed"})
+    if len(buttons) > 1:
+        fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
+                                        "y": 1.18, "yanchor": "top", "showactive": True}], margin={"t": 80})
+    return Chart(cid, "heatmap", fig, height, wide=len(routers) > 6,
+                 note="Each cell is the mean over seeds; pick the metric in the menu at the top right.")
 
 
 def _line_style(runs: list[ReportRun], palette: Palette) -> dict[str, dict]:
@@ -238,9 +331,12 @@ def _tick(x: float) -> str:
 
 
 def sweep_chart(cid: str, sweep: Sweep, palette: Palette) -> Chart:
-    panels = (("hit rate", lambda r: r.hit_rate()), ("mean TTFT (ms)", lambda r: r.summary.get("mean_ttft_ms")),
-              ("requests/s", lambda r: r.summary.get("request_throughput")))
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
+    panels = [("hit rate", lambda r: r.hit_rate()), ("mean TTFT (ms)", lambda r: r.summary.get("mean_ttft_ms")),
+              ("requests/s", lambda r: r.summary.get("request_throughput"))]
+    if any(r.summary.get("request_goodput") is not None for line in sweep.lines for _, rs in line.points for r in rs):
+        panels.append(("goodput (req/s)", lambda r: r.summary.get("request_goodput")))  # where SLOs break
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.08 if len(panels) == 3 else 0.06)
     dash_count: dict[Combination, int] = {}
     for line in sweep.lines:
         i = dash_count.get(line.combination, 0)
@@ -259,8 +355,8 @@ def sweep_chart(cid: str, sweep: Sweep, palette: Palette) -> Chart:
                      tickvals=ticks if len(ticks) <= 12 else None,
                      ticktext=[_tick(x) for x in ticks] if len(ticks) <= 12 else None)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(rangemode="tozero", row=1, col=2)
-    fig.update_yaxes(rangemode="tozero", row=1, col=3)
+    for col in range(2, len(panels) + 1):
+        fig.update_yaxes(rangemode="tozero", row=1, col=col)
     replicates = any(len(members) > 1 for line in sweep.lines for _, members in line.points)
     return Chart(cid, f"sweep {sweep.param.key}", fig, 420, wide=True,
                  note="Points with several runs show their mean." if replicates else "")

@@ -96,11 +96,14 @@ _COLUMNS: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("total_token_throughput", "tok/s", "input + output tokens per second", _rate),
     ("requests_cv", "CV req", "load balance: coefficient of variation of requests per worker", _cv),
     ("tokens_cv", "CV tok", "load balance: coefficient of variation of tokens per worker", _cv),
+    ("request_goodput", "goodput", "requests per second that met every --goodput SLO", _rate),
+    ("goodput_attainment", "SLO met", "share of requests that met every --goodput SLO", _pct),
 ]
+_OPTIONAL = ("request_goodput", "goodput_attainment", "vs_baseline_request_goodput")  # shown when some run has it
 _RATIO_HEADERS = {
     "vs_baseline_hit_rate": "hit rate", "vs_baseline_mean_ttft": "TTFT mean", "vs_baseline_p99_ttft": "TTFT p99",
     "vs_baseline_mean_e2el": "e2e mean", "vs_baseline_request_throughput": "req/s",
-    "vs_baseline_token_throughput": "tok/s",
+    "vs_baseline_token_throughput": "tok/s", "vs_baseline_request_goodput": "goodput",
 }
 
 CSS = """
@@ -166,8 +169,9 @@ def summary_table_html(report: Report) -> str:
         return '<div class="notes"><p>No runs to summarise.</p></div>'
     columns = [c for c in _COLUMNS if c[0] in df.columns]
     # Hit-rate sources no run reports are left out rather than shown as a column of n/a.
-    columns = [c for c in columns if not c[0].startswith("hit_rate_") or df[c[0]].notna().any()]
-    ratios = [r for r in RATIOS if r[0] in df.columns]
+    columns = [c for c in columns if not (c[0].startswith("hit_rate_") or c[0] in _OPTIONAL)
+               or df[c[0]].notna().any()]
+    ratios = [r for r in RATIOS if r[0] in df.columns and (r[0] not in _OPTIONAL or df[r[0]].notna().any())]
     head = ['<th class="t">run</th>'] + [
         f'<th class="{"t" if fmt is str else ""}" title="{esc(tip)}">{esc(label)}</th>'
         for _, label, tip, fmt in columns if _ != "workload"]
@@ -189,6 +193,40 @@ def summary_table_html(report: Report) -> str:
         cells += [_ratio_cell(rec.get(c), hb) for c, _, hb in ratios]
         rows.append(f'<tr class="{"base" if rec.get("baseline") else ""}">{"".join(cells)}</tr>')
     return (f'<div class="tablewrap"><table id="summary-table"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def seeds_table_html(runs: list[ReportRun], baseline: ReportRun | None) -> str:
+    """Mean ± 95% confidence half-width over seeds, and paired ratios against the baseline's configuration."""
+    from kvbench.report.seeds import METRICS, seed_groups
+
+    groups = seed_groups(runs, baseline)
+    if not groups:
+        return ""
+    metrics = [m for m in METRICS if any(g.stats[m[0]].n for g in groups)]
+    ratio_metrics = [m for m in metrics if any(m[0] in g.vs_baseline and g.vs_baseline[m[0]].n for g in groups)]
+    fmt = {"hit_rate": lambda v: f"{v:.3f}", "request_throughput": lambda v: f"{v:.3g}",
+           "request_goodput": lambda v: f"{v:.3g}"}
+
+    def cell(st, f) -> str:
+        if st is None or st.mean is None:
+            return "<td>n/a</td>"
+        ci = "" if st.ci95 is None else f" ± {f(st.ci95)}"
+        return f"<td>{esc(f(st.mean) + ci)}</td>"
+
+    head = ['<th class="t">configuration</th>', "<th>seeds</th>"]
+    head += [f"<th>{esc(label)}</th>" for _, label, _ in metrics]
+    head += [f'<th title="per-seed ratio to the baseline, mean ± 95% CI">{esc(label)} vs base</th>'
+             for _, label, _ in ratio_metrics]
+    rows = []
+    for g in groups:
+        cells = [f'<td class="t">{esc(g.label)}</td>', f"<td>{len(g.runs)}</td>"]
+        cells += [cell(g.stats[m], fmt.get(m, lambda v: f"{v:.1f}")) for m, _, _ in metrics]
+        cells += [cell(g.vs_baseline.get(m), lambda v: f"{v:.3f}") for m, _, _ in ratio_metrics]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return ('<h3>Across seeds</h3><p class="desc">Mean ± half-width of the 95% confidence interval (Student\'s t '
+            'over seeds); ratios pair each seed with the baseline configuration\'s run of the same seed.</p>'
+            f'<div class="tablewrap"><table class="seeds"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
@@ -259,6 +297,7 @@ def render_html(report: Report) -> str:
             body.append(f'<p class="desc">{esc(section.description)}</p>')
         body.append(f'<p>{len(section.runs)} run(s): {esc(", ".join(r.name for r in section.runs))}</p>')
         body.append(_notes(section.notes))
+        body.append(seeds_table_html(section.runs, report.baseline))
         body.append('<div class="grid">')
         for chart in section.charts:
             note = f"<p>{esc(chart.note)}</p>" if chart.note else ""

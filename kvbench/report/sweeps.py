@@ -31,9 +31,10 @@ class SweepParam:
 SWEEP_PARAMS = (
     SweepParam("cache_tokens", "cache size (tokens per worker)", lambda r: r.cache_tokens, log_x=True),
     SweepParam("request_rate", "request rate (req/s)", lambda r: r.request_rate),
-    # Without a rate in the trace metadata, the time scale is the rate knob.
-    SweepParam("time_scale", "time scale (arrival times x)",
-               lambda r: r.time_scale if r.request_rate is None else None),
+    # Without a rate in the trace metadata, the time scale is the rate knob: shown as offered load, the
+    # trace's arrival rate times 1 / time scale (what `replay --rate-scale` sets), so load grows to the right.
+    SweepParam("time_scale", "offered load (x the trace arrival rate)",
+               lambda r: 1.0 / r.time_scale if r.request_rate is None and r.time_scale else None),
     SweepParam("workers", "workers", lambda r: r.n_workers),
 )
 

@@ -19,6 +19,7 @@ METRICS = (
     "mean_e2el_ms", "median_e2el_ms", "p99_e2el_ms",
     "request_throughput", "total_token_throughput",
     "requests_cv", "tokens_cv",
+    "request_goodput", "goodput_attainment",  # NaN unless the run was replayed or reported with --goodput
 )
 INT_COLUMNS = ("workers", "cache_tokens", "num_requests", "completed", "failed")
 # (column, source metric, higher is better)
@@ -29,6 +30,7 @@ RATIOS = (
     ("vs_baseline_mean_e2el", "mean_e2el_ms", False),
     ("vs_baseline_request_throughput", "request_throughput", True),
     ("vs_baseline_token_throughput", "total_token_throughput", True),
+    ("vs_baseline_request_goodput", "request_goodput", True),
 )
 
 

@@ -32,7 +32,11 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def symbols(prompt: str | None, token_ids, hash_ids: np.ndarray) -> np.ndarray:
-    """Characters when there is prompt text (SGLang's unit), else token ids, else block hashes."""
+    """Characters when there is prompt text (SGLang's unit), else token ids, else block hashes.
+
+    The unit follows what the trace row holds, never what a client made up to send it (synthetic ids for a
+    hash-only row, text decoded for chat), so a router matches the same symbols in the simulator and over
+    HTTP (kvbench.http.prompts.PromptSource.route_units)."""
     if prompt:
         return np.frombuffer(prompt.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     if token_ids is not None and len(token_ids):

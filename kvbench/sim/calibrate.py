@@ -1,17 +1,27 @@
 """Fit a latency profile to a real OpenAI-compatible server (``kvbench calibrate``).
 
 Every measurement is one engine step shape with a measured duration, i.e. one row of the linear system
-``step_s = X @ (step_base_s, prefill_token_s, prefill_attn_s, decode_seq_s, decode_ctx_s)``
+``seconds = X @ (step_base_s, prefill_token_s, prefill_attn_s, decode_seq_s, decode_ctx_s, request_s)``
 of :mod:`kvbench.sim.latency`:
 
-- cold prefill: a fresh random prompt of L tokens, one output token; TTFT is one step with P = L;
+- cold prefill: a fresh random prompt of L tokens, one output token; TTFT is the front end's request_s
+  plus one step with P = L;
 - warm prefill: a prompt whose first part was sent just before; the server's reported ``cached_tokens``
-  (or the known prefix length) gives P = L - cached and the attention pairs after the cached context;
+  (or the known prefix length) gives P = L - cached and the attention pairs after the cached context; its
+  TTFT includes request_s too;
 - decode: k concurrent fresh prompts of L tokens answered with N tokens, and k more with one token; the
   difference of their (median) end-to-end times over N - 1 is one step with D = k sequences and
   C = k * (L + N / 2) context tokens. End-to-end times, not gaps between streamed tokens: a busy API server
   (vLLM on CPU) delivers tokens in bursts, often the whole answer at once, while the last token still
-  arrives only after every step.
+  arrives only after every step. request_s cancels in the difference.
+
+request_s and step_base_s are both 1 in every prefill row, so prefills alone cannot tell them apart: the
+decode rows, one step each and no request, carry step_base_s alone (their intercept over at least two
+concurrency levels and two prompt lengths), and the prefill rows give the sum. ``fit`` reports the rank
+of the system, so a plan that cannot separate the terms is said, not silently split.
+
+``--trace`` takes the prompt lengths from the trace to be simulated (``pick_prompt_lengths``), capped at
+what the server accepts, so the profile is not extrapolated far beyond what it measured.
 
 One unrecorded request per server comes first: vLLM's first request after start-up is several times slower.
 
@@ -84,16 +94,25 @@ async def _batch_end(session, url: str, model: str, prompts: list[list[int]], ma
     return float(np.median([s.last for s in streams]))
 
 
-async def _model(session, url: str) -> str:
+async def _model(session, url: str, name: str | None = None) -> tuple[str, int | None]:
+    """The served model's name (``name``, else the first listed) and the longest sequence it accepts
+    (vLLM lists ``max_model_len``; None when the server does not say)."""
     import aiohttp
 
     try:
         async with session.get(f"{url}/v1/models", timeout=aiohttp.ClientTimeout(total=30)) as r:
             data = await r.json(content_type=None)
-            return str(data["data"][0]["id"])
+            listed = data["data"]
+            entry = next((m for m in listed if m.get("id") == name), None if name else listed[0])
+            if entry is None:  # --model names one the server does not list: its limit is unknown
+                return str(name), None
+            limit = entry.get("max_model_len")
+            return name or str(entry["id"]), limit if isinstance(limit, int) and limit > 0 else None
     except aiohttp.ClientConnectorError as exc:
         raise fail(f"--target {url}: cannot connect ({exc.os_error or exc}); is the server running?") from None
-    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, IndexError, ValueError, TypeError):
+    except (TimeoutError, aiohttp.ClientError, KeyError, IndexError, ValueError, TypeError, AttributeError):
+        if name:  # named by --model: a server that lists nothing still serves it, its limit unknown
+            return name, None
         raise fail(f"--target {url}: no model listed at /v1/models; pass --model NAME") from None
 
 
@@ -110,7 +129,7 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
         return rng.integers(lo, hi, n).tolist()
 
     async with aiohttp.ClientSession() as session:
-        name = model or await _model(session, urls[0])
+        name = model or (await _model(session, urls[0]))[0]
         for u in urls:  # warm-up, not recorded
             await _complete(session, u, name, prompt(plan.prompt_lengths[0]), 2, plan.timeout_s)
         k = 0
@@ -124,7 +143,7 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
             for L in plan.prompt_lengths:
                 s = await _complete(session, url(), name, prompt(L), 1, plan.timeout_s)
                 hit = s.cached or 0  # non-zero only if an earlier run with this seed left the prompt cached
-                samples.append(Sample("cold", [1.0, L - hit, attn_pairs(L - hit, hit), 0.0, 0.0], s.ttft,
+                samples.append(Sample("cold", [1.0, L - hit, attn_pairs(L - hit, hit), 0.0, 0.0, 1.0], s.ttft,
                                       {"prompt": L, "cached": hit}))
                 tick()
                 u = url()
@@ -134,7 +153,7 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
                 total = L + plan.suffix_tokens
                 cached = s.cached if s.cached is not None else L
                 new = total - cached
-                samples.append(Sample("warm", [1.0, new, attn_pairs(new, cached), 0.0, 0.0], s.ttft,
+                samples.append(Sample("warm", [1.0, new, attn_pairs(new, cached), 0.0, 0.0, 1.0], s.ttft,
                                       {"prompt": total, "cached": cached}))
                 tick()
             for c in plan.concurrency:
@@ -146,10 +165,48 @@ async def measure(urls: list[str], plan: CalibrationPlan, model: str | None = No
                     step_s = (many - one) / (plan.output_tokens - 1)
                     if step_s > 0:  # noise can swamp a very fast step; such a pair carries no information
                         ctx = c * (L + plan.output_tokens / 2)
-                        samples.append(Sample("decode", [1.0, 0.0, 0.0, float(c), ctx], step_s,
+                        samples.append(Sample("decode", [1.0, 0.0, 0.0, float(c), ctx, 0.0], step_s,
                                               {"prompt": L, "concurrency": c}))
                     tick()
     return samples
+
+
+async def max_model_len(urls: list[str], model: str | None) -> int | None:
+    """The shortest ``max_model_len`` the servers list (None when none says): a longer prompt is refused."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        limits = [(await _model(session, u, model))[1] for u in urls]
+    known = [v for v in limits if v is not None]
+    return min(known) if known else None
+
+
+TRACE_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIN_LENGTHS = 3  # cold and warm prefills at three lengths pin the three prefill terms
+
+
+def pick_prompt_lengths(input_tokens, block_size: int, limit: int | None = None) -> list[int]:
+    """Prompt lengths spanning a trace's ``input_tokens``: its min, quartiles and max on whole blocks (the
+    min rounded down, the max up, so the fitted range covers the trace), none above ``limit`` (the longest
+    prompt the server takes in every measurement). A narrow trace gets shorter lengths added down to
+    ``MIN_LENGTHS``: the fit needs that many to tell the prefill terms apart."""
+    x = np.asarray(input_tokens, dtype=float)
+    if x.size == 0:
+        raise fail("--trace: the trace has no requests to take prompt lengths from")
+    q = np.quantile(x, TRACE_QUANTILES).tolist()
+    picked = [round(v / block_size) * block_size for v in q]
+    picked[0] = int(q[0] // block_size) * block_size
+    picked[-1] = -(-int(q[-1]) // block_size) * block_size
+    if limit is not None:
+        top = limit // block_size * block_size
+        if top < block_size:
+            raise fail(f"the servers' max_model_len leaves room for prompts of {limit} tokens next to the "
+                       f"measurements' new and output tokens: less than one {block_size}-token block")
+        picked = [min(v, top) for v in picked]
+    lengths = sorted({max(block_size, v) for v in picked})
+    while len(lengths) < MIN_LENGTHS and lengths[0] > block_size:
+        lengths.insert(0, max(block_size, lengths[0] // 2 // block_size * block_size))
+    return lengths
 
 
 def steps_in_plan(plan: CalibrationPlan) -> int:
@@ -170,11 +227,14 @@ def fit(samples: list[Sample]) -> tuple[dict[str, float], dict[str, Any]]:
     Xw, yw = X * w[:, None], y * w
     scale = np.maximum(np.abs(Xw).max(axis=0), 1e-30)  # columns span 1 .. 1e7: normalise for conditioning
     coef = nnls(Xw / scale, yw)[0] / scale
+    rank = int(np.linalg.matrix_rank(Xw / scale))
     pred = X @ coef
     resid = (pred - y) / y
     ss_res = float(((pred - y) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum()) or 1.0
-    stats = {"samples": len(samples), "r2": 1.0 - ss_res / ss_tot,
+    # below len(COEFFICIENTS) some terms trade off freely (e.g. request_s against step_base_s without decode
+    # rows at two concurrency levels): nnls still answers, but the split between them means nothing
+    stats = {"samples": len(samples), "rank": rank, "r2": 1.0 - ss_res / ss_tot,
              "median_abs_rel_error": float(np.median(np.abs(resid))),
              "max_abs_rel_error": float(np.max(np.abs(resid))),
              "by_kind": {k: sum(1 for s in samples if s.kind == k) for k in ("cold", "warm", "decode")}}

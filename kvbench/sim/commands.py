@@ -28,7 +28,11 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Profile TOML to write."),
         model: Optional[str] = typer.Option(None, help="Model name (default: the first one the server lists)."),
         name: Optional[str] = typer.Option(None, help="Profile name (default: the output file's stem)."),
-        prompt_lengths: str = typer.Option("128,256,512,1024,2048", help="Prompt lengths in tokens."),
+        prompt_lengths: Optional[str] = typer.Option(
+            None, help="Prompt lengths in tokens (default 128,256,512,1024,2048; or take them from --trace)."),
+        trace: Optional[Path] = typer.Option(
+            None, help="Trace to be simulated: measure prompt lengths spanning its input_tokens (min, quartiles, "
+                       "max, on its blocks), capped at the server's max_model_len."),
         suffix_tokens: int = typer.Option(64, help="New tokens after a cached prefix in warm measurements."),
         output_tokens: int = typer.Option(16, help="Tokens streamed per decode measurement."),
         concurrency: str = typer.Option("1,2,4,8", help="Concurrent streams (decode batch sizes)."),
@@ -43,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
         from kvbench.fsutil import write_text_atomic
         from kvbench.sim.calibrate import CalibrationPlan, fit, measure, steps_in_plan
-        from kvbench.sim.latency import load_profile, profile_toml
+        from kvbench.sim.latency import COEFFICIENTS, load_profile, profile_toml
 
         urls = [u.strip().rstrip("/") for u in target.split(",") if u.strip()]
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
@@ -54,25 +58,61 @@ def register(app: typer.Typer) -> None:
         if repeats < 1 or suffix_tokens < 1 or output_tokens < 2 or max_token_id < 11 or timeout <= 0:
             raise fail("--repeats, --suffix-tokens must be >= 1, --output-tokens >= 2, --max-token-id > 10, "
                        "--timeout > 0")
-        plan = CalibrationPlan(prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"), suffix_tokens=suffix_tokens,
+        if trace is not None and prompt_lengths is not None:
+            raise fail("--trace, --prompt-lengths: give one (--trace picks the lengths from the trace)")
+        if trace is not None:
+            lengths = _lengths_from_trace(trace, urls, model, suffix_tokens, output_tokens)
+        else:
+            lengths = _ints(prompt_lengths or "128,256,512,1024,2048", "--prompt-lengths")
+        plan = CalibrationPlan(prompt_lengths=lengths, suffix_tokens=suffix_tokens,
                                output_tokens=output_tokens, concurrency=_ints(concurrency, "--concurrency"),
                                repeats=repeats, token_range=(10, max_token_id), seed=seed, timeout_s=timeout)
         with Progress(disable=not progress) as bar:
             task = bar.add_task("calibrating", total=steps_in_plan(plan))
             samples = asyncio.run(measure(urls, plan, model, tick=lambda: bar.advance(task)))
         coef, stats = fit(samples)
+        if stats["rank"] < len(COEFFICIENTS):
+            typer.echo(f"kvbench: warning: the measurements determine {stats['rank']} of the {len(COEFFICIENTS)} "
+                       "coefficients, so some trade off freely (request_s against step_base_s unless decode "
+                       "batches ran at two --concurrency levels); measure more shapes", err=True)
         how = (f"non-negative least squares (relative error) over {stats['samples']} measurements "
                f"({stats['by_kind']['cold']} cold prefills, {stats['by_kind']['warm']} warm prefills, "
                f"{stats['by_kind']['decode']} decode batches); median relative error "
                f"{stats['median_abs_rel_error']:.3f}")
         notes = {k: how for k in coef}
+        notes["request_s"] = ("per-request front-end time (HTTP, tokenization, admission) in every prefill's "
+                              f"TTFT, told from step_base_s by the decode batches; {how}")
+        picked = f" (from the input_tokens of {trace})" if trace is not None else ""
         source = (f"kvbench calibrate against {', '.join(urls)} (model {model or 'as listed by the server'}); "
-                  f"prompt lengths {plan.prompt_lengths}, concurrency {plan.concurrency}, seed {seed}")
+                  f"prompt lengths {plan.prompt_lengths}{picked}, concurrency {plan.concurrency}, seed {seed}")
         text = profile_toml(name or output.stem, source, coef, notes, extra={"fit": {
             "samples": stats["samples"], "r2": stats["r2"], "median_abs_rel_error": stats["median_abs_rel_error"],
-            "max_abs_rel_error": stats["max_abs_rel_error"]}})
+            "max_abs_rel_error": stats["max_abs_rel_error"], "rank": stats["rank"],
+            # what was measured: a replay warns when a trace's prompts go well beyond it
+            "prompt_tokens_min": min(plan.prompt_lengths), "prompt_tokens_max": max(plan.prompt_lengths),
+            "max_concurrency": max(plan.concurrency)}})
         write_text_atomic(output, text)
         load_profile(str(output))  # what was written reads back
         for k, v in coef.items():
             typer.echo(f"{k} = {v:.4g}", err=True)
         typer.echo(str(output))
+
+
+def _lengths_from_trace(path: Path, urls: list[str], model: str | None, suffix_tokens: int,
+                        output_tokens: int) -> list[int]:
+    """``--trace``: prompt lengths spanning the trace's, each short enough that its warm (prompt + suffix +
+    one token) and decode (prompt + output tokens) requests fit the servers' max_model_len."""
+    from kvbench.sim.calibrate import max_model_len, pick_prompt_lengths
+    from kvbench.trace import read_trace
+
+    t = read_trace(path)
+    limit = asyncio.run(max_model_len(urls, model))
+    cap = None if limit is None else limit - max(suffix_tokens + 1, output_tokens)
+    inputs = t.df["input_tokens"].to_numpy()
+    lengths = pick_prompt_lengths(inputs, t.block_size, cap)
+    if int(inputs.max()) > max(lengths):
+        typer.echo(f"kvbench: warning: --trace {path}: prompts reach {int(inputs.max())} tokens but the server "
+                   f"takes {limit} (max_model_len), so the longest measured is {max(lengths)}; a replay of "
+                   f"this trace extrapolates above that", err=True)
+    typer.echo(f"prompt lengths from {path}: {','.join(map(str, lengths))}", err=True)
+    return lengths

@@ -28,7 +28,11 @@ request's prompt is computed in one step, and a step takes a new prompt only whi
 
 Times come from :class:`kvbench.sim.latency.LatencyProfile`. Requests are released open loop at
 ``arrival_s * time_scale``; later turns of a session are released closed loop, ``think_s * time_scale``
-after the previous turn finished. The router sees routing decisions and completions only.
+after the previous turn finished. A released request is routed at once (the router sits in front of the
+servers) and joins its worker's waiting queue the profile's ``request_s`` later: a server's front end
+(HTTP, tokenization) works before its engine can schedule the request, and works on many requests at once,
+so the term is a delay, not a queue. TTFT and end-to-end times count from the release, so they include it.
+The router sees routing decisions and completions only.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from kvbench.cache import PrefixCache
 from kvbench.routing.base import Completion, Router, RouteRequest
 from kvbench.sim.latency import LatencyProfile, attn_pairs
 
-_ARRIVE, _STEP = 0, 1
+_ARRIVE, _STEP, _READY = 0, 1, 2
 NULL_BLOCKS = 1  # blocks of a vLLM worker's pool that never hold KV (block 0, the null block)
 
 
@@ -310,8 +314,10 @@ class ClusterSimulator:
             self.now = t
             if kind == _STEP:
                 self._step_done(payload, t)  # type: ignore[arg-type]
-            else:
+            elif kind == _ARRIVE:
                 self._arrive(payload, t)  # type: ignore[arg-type]
+            else:
+                self._ready(payload, t)  # type: ignore[arg-type]
 
     def _arrive(self, r: SimRequest, now: float) -> None:
         cap = self.workers[0].cache.capacity_blocks
@@ -326,7 +332,15 @@ class ClusterSimulator:
             return
         w = self.router.route(r.route, now)
         r.worker = w
-        worker = self.workers[w]
+        delay = self.workers[w].profile.request_s
+        if delay > 0:
+            self.push(now + delay, _READY, r)
+        else:  # no event: with request_s = 0 the order of simultaneous events stays what it always was
+            self._ready(r, now)
+
+    def _ready(self, r: SimRequest, now: float) -> None:
+        """The server's front end has handed ``r`` to its engine's scheduler."""
+        worker = self.workers[r.worker]
         worker.waiting.append(r)
         if not worker.busy:
             self._start_step(worker, now)

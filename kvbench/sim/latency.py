@@ -11,8 +11,19 @@ One engine step computes some prompt chunks (prefill) and one token for each dec
 
 ``step_base_s`` is the per-step fixed cost (weights read once per step, scheduling); the prefill terms are
 the linear layers and causal attention of new tokens; the decode terms are per-sequence compute and KV
-reads. Coefficients live in a TOML profile (``kvbench/profiles/*.toml`` or a path) that names its source;
-``kvbench calibrate`` fits them to measurements of a real server by least squares. See docs/simulator.md.
+reads. Outside the steps, ``request_s`` is paid once per request: the front end's time between the client
+sending a request and the engine being able to schedule it (HTTP, tokenization, admission), plus any other
+constant per-request cost on the way back. A request becomes schedulable ``request_s`` after it arrives.
+
+There is no per-output-token front-end term: vLLM detokenizes and streams in the API server process while
+the engine computes the next step, so that work overlaps the steps instead of adding to them, and any
+per-token cost that does serialise with the steps is a per-sequence decode cost, which ``decode_seq_s``
+already holds (calibration measures decode steps from end-to-end times, so it includes such costs there).
+
+Coefficients live in a TOML profile (``kvbench/profiles/*.toml`` or a path) that names its source;
+``kvbench calibrate`` fits them to measurements of a real server by least squares, and records in
+``[fit]`` the prompt lengths it measured, so a replay can say when a trace goes beyond them (an
+extrapolated profile can be several times off). See docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -26,8 +37,18 @@ from typing import Any
 from kvbench.errors import fail
 from kvbench.fsutil import read_toml
 
-COEFFICIENTS = ("step_base_s", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s")
+STEP_COEFFICIENTS = ("step_base_s", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s")
+COEFFICIENTS = (*STEP_COEFFICIENTS, "request_s")
+# coefficients a profile may leave out: profiles written before the term existed load unchanged
+OPTIONAL = {"request_s": 0.0}
 DEFAULT_PROFILE = "llama31-8b-a100"
+# [fit] keys that bound where a calibrated profile was measured
+FIT_RANGE = ("prompt_tokens_min", "prompt_tokens_max", "max_concurrency")
+# a trace warns when its prompts go this far beyond the fitted lengths: the 4x error that prompted the check
+# came from using a profile fitted up to 1.5k tokens on 6k-token prompts. Below the range the model tends to
+# its intercept (request_s + step_base_s), which the shortest measured prompts pin, so only far below warns.
+ABOVE_FIT = 1.25
+BELOW_FIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -39,8 +60,10 @@ class LatencyProfile:
     prefill_attn_s: float
     decode_seq_s: float
     decode_ctx_s: float
+    request_s: float = 0.0
     notes: dict[str, str] = field(default_factory=dict)
     origin: str = ""  # built-in name or file the profile was read from
+    fit_range: dict[str, int] = field(default_factory=dict)  # the [fit] bounds it has (FIT_RANGE keys)
 
     def step_time(self, prefill_tokens: int, attn_pairs: float, decode_seqs: int, decode_ctx: int) -> float:
         return (self.step_base_s + self.prefill_token_s * prefill_tokens + self.prefill_attn_s * attn_pairs
@@ -48,7 +71,22 @@ class LatencyProfile:
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "origin": self.origin,
-                "coefficients": {k: getattr(self, k) for k in COEFFICIENTS}, "notes": dict(self.notes)}
+                "coefficients": {k: getattr(self, k) for k in COEFFICIENTS}, "notes": dict(self.notes),
+                "fitted_range": {k: self.fit_range.get(k) for k in FIT_RANGE}}
+
+    def range_warning(self, prompt_min: int, prompt_max: int, trace: str = "TRACE") -> str | None:
+        """One line when a trace's prompt lengths go well beyond those the profile was fitted on, else None
+        (also for profiles that record no range, such as the roofline estimates)."""
+        lo, hi = self.fit_range.get("prompt_tokens_min"), self.fit_range.get("prompt_tokens_max")
+        above = hi is not None and prompt_max > ABOVE_FIT * hi
+        below = lo is not None and prompt_min < BELOW_FIT * lo
+        if not (above or below):
+            return None
+        side = " and ".join(w for w, on in (("above", above), ("below", below)) if on)
+        return (f"profile {self.name} was fitted on prompts of {'?' if lo is None else lo}.."
+                f"{'?' if hi is None else hi} tokens, but the trace's prompts span {prompt_min}..{prompt_max} "
+                f"tokens; simulated latencies {side} that range are extrapolated and can be several times "
+                f"off (fit one on this trace: `kvbench calibrate --trace {trace}`)")
 
 
 def attn_pairs(chunk: int, context_before: int) -> float:
@@ -65,16 +103,31 @@ def parse_profile(data: dict[str, Any], origin: str) -> LatencyProfile:
     meta = data.get("profile", {})
     coef = data.get("coefficients")
     if not isinstance(coef, dict):
-        raise fail(f"{origin}: no [coefficients] table; a profile needs {', '.join(COEFFICIENTS)}")
+        raise fail(f"{origin}: no [coefficients] table; a profile needs {', '.join(STEP_COEFFICIENTS)}")
+    unknown = sorted(set(coef) - set(COEFFICIENTS))
+    if unknown:  # a misspelt optional coefficient would otherwise be 0 without a word
+        raise fail(f"{origin}: unknown coefficient {', '.join(unknown)} (known: {', '.join(COEFFICIENTS)})")
     values = {}
     for k in COEFFICIENTS:
-        v = coef.get(k)
+        v = coef.get(k, OPTIONAL.get(k))
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise fail(f"{origin}: coefficients.{k} must be a number >= 0 (got {v!r})")
         values[k] = float(v)
     notes = {str(k): str(v) for k, v in data.get("notes", {}).items()}
+    fit_table = data.get("fit", {})
+    fit_range = {}
+    for k in FIT_RANGE:
+        v = fit_table.get(k) if isinstance(fit_table, dict) else None
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise fail(f"{origin}: fit.{k} must be a positive integer (got {v!r})")
+        fit_range[k] = v
+    if fit_range.get("prompt_tokens_min", 0) > fit_range.get("prompt_tokens_max", float("inf")):
+        raise fail(f"{origin}: fit.prompt_tokens_min {fit_range['prompt_tokens_min']} is above "
+                   f"fit.prompt_tokens_max {fit_range['prompt_tokens_max']}")
     return LatencyProfile(name=str(meta.get("name", Path(origin).stem)), source=str(meta.get("source", "")),
-                          notes=notes, origin=origin, **values)
+                          notes=notes, origin=origin, fit_range=fit_range, **values)
 
 
 def load_profile(name_or_path: str) -> LatencyProfile:
@@ -98,8 +151,26 @@ def profile_toml(name: str, source: str, coefficients: dict[str, float], notes: 
     """Render a profile file."""
     import tomli_w
 
+    given = {**OPTIONAL, **coefficients}
     doc: dict[str, Any] = {"profile": {"name": name, "source": source},
-                           "coefficients": {k: float(coefficients[k]) for k in COEFFICIENTS},
+                           "coefficients": {k: float(given[k]) for k in COEFFICIENTS},
                            "notes": dict(notes)}
     doc.update({table: dict(values) for table, values in (extra or {}).items()})
     return tomli_w.dumps(doc)
+
+
+def warn_outside_fit(profile: LatencyProfile, trace, max_requests: int | None = None) -> str | None:
+    """Print (stderr, one line, like the replay's other warnings) and return the profile's range warning
+    for the prompts a replay will send: the first ``max_requests`` in replay order, or all."""
+    import sys
+
+    from kvbench.trace import replay_order
+
+    inputs = trace.df["input_tokens"].to_numpy()
+    if max_requests is not None:
+        inputs = inputs[replay_order(trace.df)[:max_requests]]
+    where = str(trace.path) if trace.path else "TRACE"
+    warning = profile.range_warning(int(inputs.min()), int(inputs.max()), where) if len(inputs) else None
+    if warning:
+        print(f"kvbench: warning: {warning}", file=sys.stderr)
+    return warning

@@ -12,8 +12,15 @@ from kvbench.cache import POLICIES, PrefixCache, make_policy
 from kvbench.errors import fail
 from kvbench.replay import BackendResult, ReplaySpec
 from kvbench.routing import Completion, Router, RouterConfig, RouteRequest, make_router
-from kvbench.sim.engine import NULL_BLOCKS, ClusterSimulator, SchedulerConfig, SimRequest, Worker
-from kvbench.sim.latency import LatencyProfile, load_profile
+from kvbench.sim.engine import (
+    NULL_BLOCKS,
+    ClusterSimulator,
+    SchedulerConfig,
+    SimRequest,
+    Worker,
+    use_generated_history,
+)
+from kvbench.sim.latency import LatencyProfile, load_profile, warn_outside_fit
 from kvbench.trace import Trace, replay_order
 
 
@@ -66,6 +73,7 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
     if spec.eviction not in POLICIES:
         raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
     profile = load_profile(spec.profile)
+    range_warning = warn_outside_fit(profile, trace, spec.max_requests)
     capacity = None if spec.cache_tokens is None else spec.cache_tokens // spec.block_size
     belady: dict[str, Any] = {}
     if spec.eviction == "belady":
@@ -78,13 +86,14 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
     stats = [w.cache.stats for w in workers]
     queried = sum(s.queries_tokens for s in stats)
     config = {
-        "profile": profile.to_config(),
+        "profile": {**profile.to_config(), "range_warning": range_warning},
         "simulator": {"chunked_prefill": spec.chunked_prefill, "cache_blocks_per_worker": capacity,
                       "allocation": "block by block per step, preempting the last admitted (vLLM v1)",
                       "usable_blocks_per_worker": None if capacity is None else capacity - NULL_BLOCKS,
                       "preemptions_per_worker": [w.preemptions for w in workers], "simulated_s": sim.now,
                       "steps_per_worker": [w.steps for w in workers],
-                      "busy_s_per_worker": [w.busy_s for w in workers]},
+                      "busy_s_per_worker": [w.busy_s for w in workers],
+                      "history": spec.history, "history_linked_turns": run.linked},
         "router_state": router.describe(),
         "cache_stats": [{"queries_tokens": s.queries_tokens, "hit_tokens": s.hit_tokens,
                          "inserted_blocks": s.inserted_blocks, "evicted_blocks": s.evicted_blocks} for s in stats],
@@ -106,6 +115,8 @@ class _Pass:
                  futures: list[tuple[list[list[int]], list[int]]] | None = None,
                  replay: list[int] | None = None, label: str = "") -> None:
         self.reqs, first = build_requests(trace, spec)
+        # --history generated: a turn's output blocks are the next turn's prompt blocks holding the answer
+        self.linked = use_generated_history(self.reqs) if spec.history == "generated" else None
         sched = SchedulerConfig(spec.max_batched_tokens, spec.max_num_seqs, spec.chunked_prefill)
         self.workers = []
         for w in range(spec.workers):

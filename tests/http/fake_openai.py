@@ -56,6 +56,8 @@ class FakeOpenAI:
     block_size: int = 16
     reset: str = "ok"  # ok | 404 | false
     model: str = "fake-model"
+    max_model_len: int | None = None  # listed in /v1/models as vLLM does, when set
+    flavour: str = "vllm"  # vllm | sglang: which server's /metrics names and cache-reset endpoint
     received: list[Received] = field(default_factory=list)
     port: int = 0
 
@@ -69,6 +71,7 @@ class FakeOpenAI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._inflight: dict[int, web.Request] = {}
+        self.headers_seen: list[tuple[str, dict[str, str]]] = []  # (path, headers) of every request
 
     @property
     def url(self) -> str:
@@ -91,14 +94,20 @@ class FakeOpenAI:
         ready.wait(10)
         return self
 
+    @web.middleware
+    async def _record_headers(self, request, handler):
+        self.headers_seen.append((request.path, dict(request.headers)))
+        return await handler(request)
+
     async def _start(self):
-        app = web.Application()
+        app = web.Application(middlewares=[self._record_headers])
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/completions", self.complete)
         app.router.add_post("/v1/chat/completions", self.complete)
         app.router.add_post("/reset_prefix_cache", self.reset_cache)
+        app.router.add_post("/flush_cache", self.flush_cache)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -128,9 +137,27 @@ class FakeOpenAI:
         return web.Response(text="ok")
 
     async def models(self, request):
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        card = {"id": self.model, "object": "model"}
+        if self.max_model_len is not None:
+            card["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [card]})
 
     async def metrics(self, request):
+        if self.flavour == "sglang":  # SGLang's names; cached tokens split by source as SGLang >= 0.5 does
+            device = self.hits // 2
+            lines = [
+                "# TYPE sglang:prompt_tokens_total counter",
+                f'sglang:prompt_tokens_total{{model_name="{self.model}"}} {float(self.queries)}',
+                "# TYPE sglang:cached_tokens_total counter",
+                f'sglang:cached_tokens_total{{model_name="{self.model}",cache_source="device"}} {float(device)}',
+                f'sglang:cached_tokens_total{{model_name="{self.model}",cache_source="host"}} '
+                f'{float(self.hits - device)}',
+                "# TYPE sglang:time_to_first_token_seconds histogram",
+                f'sglang:time_to_first_token_seconds_sum{{model_name="{self.model}"}} {self.ttft_sum}',
+                f'sglang:time_to_first_token_seconds_count{{model_name="{self.model}"}} {float(self.ttft_count)}',
+                f'sglang:num_running_reqs{{model_name="{self.model}"}} 0.0',
+            ]
+            return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
         lines = [
             "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.",
             "# TYPE vllm:prefix_cache_queries_total counter",
@@ -145,8 +172,14 @@ class FakeOpenAI:
                          f'enable_prefix_caching="True",engine="0"}} 1.0')
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    async def flush_cache(self, request):
+        if self.flavour != "sglang":
+            return web.json_response({"detail": "Not Found"}, status=404)
+        self.cached_blocks.clear()
+        return web.Response(text="Cache flushed.\nPlease check backend logs for more details.")
+
     async def reset_cache(self, request):
-        if self.reset == "404":
+        if self.reset == "404" or self.flavour == "sglang":
             return web.json_response({"detail": "Not Found"}, status=404)
         if self.reset == "false":
             return web.json_response({"success": False})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.http.http_helpers import make_trace, open_loop_trace, spec_for
+from tests.http.http_helpers import make_trace, open_loop_trace, spec_for, two_turn_session
 
 from kvbench.http.replay import run_http
 from kvbench.results import compute_summary, requests_table
@@ -85,17 +85,9 @@ def test_closed_loop_turns_wait_for_previous_turn_plus_think(tmp_path, fake_serv
 
 def test_generated_history_appends_actual_output(tmp_path, fake_server):
     srv = fake_server()
-    rng = np.random.default_rng(2)
-    first = rng.integers(0, 16000, 24).tolist()
-    second_user = rng.integers(0, 16000, 8).tolist()
-    rows = [
-        {"request_id": "t0", "arrival_s": 0.0, "session_id": "s", "turn": 0, "user_tokens": 24,
-         "output_tokens": 3, "prompt_token_ids": first},
-        # the recorded turn-1 prompt has a different "assistant" part than what the server will generate
-        {"request_id": "t1", "arrival_s": 0.0, "session_id": "s", "turn": 1, "user_tokens": 8,
-         "output_tokens": 2, "prompt_token_ids": first + [5, 6, 7] + second_user},
-    ]
-    res = run_http(spec_for(tmp_path, [srv.url], history="generated", reset_cache=False), make_trace(rows))
+    # the recorded turn-1 prompt has a different "assistant" part than what the server will generate
+    first, second_user, trace = two_turn_session(2)
+    res = run_http(spec_for(tmp_path, [srv.url], history="generated", reset_cache=False), trace)
     sent = [r.body for r in srv.received]
     assert sent[0]["prompt"] == first and sent[0]["return_token_ids"] is True
     assert sent[1]["prompt"] == first + [1000, 1001, 1002] + second_user

@@ -48,6 +48,15 @@ def _app() -> typer.Typer:
     return app
 
 
+def test_served_model_name_can_be_chosen_and_must_be_one_word(fake_model):
+    (opts,), _ = cluster_options(str(fake_model), 1, "lru", 0, 18120, True, None, None, None, "127.0.0.1", False,
+                                 served_model_name="org/tiny")
+    assert opts.served_model_name == "org/tiny"
+    with pytest.raises(KvbenchError, match="--served-model-name"):
+        cluster_options(str(fake_model), 1, "lru", 0, 18120, True, None, None, None, "127.0.0.1", False,
+                        served_model_name="two words")
+
+
 def test_cpu_command_line_sizes_the_kv_cache_from_tokens(fake_model):
     (opts,), device = cluster_options(str(fake_model), 1, "rlt", 3, 18120, True, 64, 4096, None, "127.0.0.1", True)
     assert device == "cpu" and opts.port == 18120 and opts.kv_events_port == 18121
@@ -59,6 +68,7 @@ def test_cpu_command_line_sizes_the_kv_cache_from_tokens(fake_model):
     assert flag["--max-model-len"] == str(4096 - 64)  # one block is vLLM's null block
     assert "--enforce-eager" in cmd and "--enable-prefix-caching" in cmd and "--enable-prompt-tokens-details" in cmd
     assert json.loads(flag["--kv-events-config"])["endpoint"] == "tcp://*:18121"
+    assert flag["--served-model-name"] == fake_model.name  # stable: the folder's name, not its path
     env = server_env(opts, base={"PATH": "/bin", "KVBENCH_EVICTION": "stale"})
     assert env["VLLM_SERVER_DEV_MODE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     cfg = config_from_env(env)

@@ -104,6 +104,9 @@ def test_validate_two_policies_on_real_workers(tmp_path, two_clusters):
             assert s["failed"] == 0 and s["completed"] == s["num_requests"] == 32
             # each repeat started from a reset cache, verified on every worker
             assert [h["verified"] for h in run["backend_config"]["cache_hygiene"]] == [True, True]
+            # vLLM lists its context length in /v1/models; every request fits it, and the replay said so
+            assert set(run["backend_config"]["max_model_len"].values()) == {KV_TOKENS - BLOCK}
+            assert run["backend_config"]["requests_over_max_model_len"] == 0
     rec = load_record(out / "fidelity.json")
     assert rec.complete and [c.label for c in rec.combinations] == labels
     # the simulator as the servers report themselves: their KV size (the simulator sets vLLM's null block

@@ -52,7 +52,7 @@ def test_sections_and_charts(sweep_dir: Path, tmp_path: Path):
     report = build_report(load_inputs([sweep_dir, other], sweep_dir / "lru-round_robin-16384"))
     page = render_html(report)
     titles = [c.title for c in report.sections[0].charts]
-    assert titles == ["hit rate", "TTFT", "throughput", "TTFT CDF", "end-to-end latency CDF",
+    assert titles == ["heatmap", "hit rate", "TTFT", "throughput", "TTFT CDF", "end-to-end latency CDF",
                       "hit rate over time", "worker load", "sweep cache_tokens"]
     assert len(report.sections) == 2 and "sweep cache_tokens" not in [c.title for c in report.sections[1].charts]
     assert f'data-chart-count="{len(report.charts)}"' in page

@@ -31,7 +31,7 @@ from kvbench.sim.engine import ClusterSimulator, SchedulerConfig, Worker
 from kvbench.sim.latency import load_profile
 from kvbench.sim.run import build_requests, run_sim
 from kvbench.trace import TraceMeta, read_trace, write_trace
-from tests.sim.sim_traces import write_profile
+from tests.sim.sim_traces import make_trace, write_profile
 
 
 def ids(n, start=1000):
@@ -172,6 +172,25 @@ def test_answer_blocks_are_hit_by_the_next_turn_only_with_generated_history(tmp_
     reqs, _ = engine(tmp_path, other, cache_tokens=None, block_size=16, history=use_generated_history)
     assert reqs["t0"].keys[:2] == reqs["t0"].hashes and reqs["t0"].keys[2] != reqs["t1"].hashes[2]
     assert reqs["t1"].cached == 0
+
+
+def test_replay_with_generated_history_lets_each_turn_hit_the_previous_answer(tmp_path):
+    # One 3-turn conversation, 100 new tokens a turn, 40-token answers, block 16, unbounded cache:
+    # turn 0: 100 tokens (6 full blocks) + 40 generated = KV for 139 tokens, 8 full blocks (2 hold output);
+    # turn 1: turn 0 + answer + 100 = 240 tokens (15 blocks), KV for 279 tokens = 17 full blocks;
+    # turn 2: 380 tokens. Recorded: a turn hits only the previous prompt's full blocks (6, then 15);
+    # generated: the previous answer's blocks too (8, then 17).
+    path = make_trace(tmp_path / "conv.parquet", n_groups=0, sessions=1, turns=3, output=40)
+    res, df = replay(tmp_path, path, name="recorded")
+    turns = ["s0-t0", "s0-t1", "s0-t2"]
+    assert df.loc[turns, "cached_tokens"].tolist() == [0, 6 * 16, 15 * 16]
+    sim = res.config["backend_config"]["simulator"]
+    assert (sim["history"], sim["history_linked_turns"]) == ("recorded", None)
+    res, df = replay(tmp_path, path, name="generated", history="generated")
+    assert df.loc[turns, "cached_tokens"].tolist() == [0, 8 * 16, 17 * 16]
+    sim = res.config["backend_config"]["simulator"]
+    assert (sim["history"], sim["history_linked_turns"]) == ("generated", 2)
+    assert stats(res)["hit_tokens"] == (8 + 17) * 16
 
 
 # --- 3. block-by-block allocation and preemption ------------------------------------------------------------
