@@ -48,6 +48,9 @@ class ReplaySpec:
     max_num_seqs: int = 256
     time_scale: float = 1.0  # multiply trace arrival times (0.5 = twice as fast)
     max_requests: int | None = None
+    # the first requests (whole sessions, see trace.warmup_mask) run before a barrier and are in no metric;
+    # they count towards max_requests
+    warmup: int = 0
     name: str | None = None
     # HTTP path
     history: str = "recorded"  # recorded | generated (closed-loop sessions)
@@ -62,6 +65,7 @@ class ReplaySpec:
     headers: dict[str, str] = field(default_factory=dict)  # HTTP: sent with every request
     api_key: str | None = None  # HTTP: sent as "Authorization: Bearer KEY"
     extra_body: dict[str, Any] = field(default_factory=dict)  # HTTP: merged into every request body
+    scrape_interval_s: float | None = None  # write timeline.parquet: server (or simulated) state every N s
 
     @property
     def is_sim(self) -> bool:
@@ -88,6 +92,7 @@ class BackendResult:
     hit_rates: dict[str, float | None] = field(default_factory=dict)
     interrupted: bool = False
     block_size: int | None = None  # the block size the backend really used (a server's own), if known
+    timeline: pd.DataFrame | None = None  # --scrape-interval: rows of kvbench.timeline.TIMELINE_SCHEMA
 
 
 
@@ -107,6 +112,7 @@ def validate_spec(spec: ReplaySpec) -> None:
         (spec.max_num_seqs >= 1, f"--max-num-seqs {spec.max_num_seqs}: must be >= 1"),
         (spec.time_scale > 0, f"--time-scale {spec.time_scale}: must be > 0 (0.5 replays twice as fast)"),
         (spec.max_requests is None or spec.max_requests >= 1, f"--max-requests {spec.max_requests}: must be >= 1"),
+        (spec.warmup >= 0, f"--warmup {spec.warmup}: must be >= 0 (the number of warm-up requests)"),
         (spec.history in ("recorded", "generated"), f"--history {spec.history}: use 'recorded' or 'generated'"),
         (spec.api in ("completions", "chat"), f"--api {spec.api}: use 'completions' or 'chat'"),
         (spec.timeout_s > 0, f"--timeout {spec.timeout_s}: must be positive"),
@@ -126,6 +132,9 @@ def validate_spec(spec: ReplaySpec) -> None:
     from kvbench.http.request_options import check_extra_body, check_headers
 
     check_goodput(spec.goodput)
+    from kvbench.timeline import check_interval
+
+    check_interval(spec.scrape_interval_s)
     check_headers(spec.headers)
     check_extra_body(spec.extra_body)
     if spec.router not in ROUTERS:
@@ -169,6 +178,22 @@ def check_cache_fits(spec: ReplaySpec, trace) -> None:
     # replayed as failures, said here, in the run's last line and in the report.
     print(f"kvbench: warning: --cache-tokens {spec.cache_tokens}: {too_big} of {len(df)} requests need more KV "
           f"cache than a worker holds and will fail; {hint}", file=sys.stderr)
+
+
+def replayed_warmup(spec: ReplaySpec, trace):
+    """The warm-up mask over the replayed rows (``_sub_trace``'s order); refuses a warm-up that leaves
+    nothing to measure."""
+    from kvbench.trace import warmup_mask
+
+    replayed = _sub_trace(trace, spec)
+    mask = warmup_mask(replayed.df, spec.warmup)
+    if spec.warmup and mask.all():
+        n = len(replayed)
+        what = f"the trace has {n} requests" if spec.max_requests is None else f"--max-requests replays {n}"
+        if spec.warmup < n:
+            what += f", and the sessions of its first {spec.warmup} (warm-up takes whole sessions) hold all"
+        raise fail(f"--warmup {spec.warmup}: {what}; use a smaller --warmup so some requests are measured")
+    return mask
 
 
 def check_block_size(spec: ReplaySpec, trace) -> None:
@@ -280,6 +305,7 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
         trace = read_trace(spec.trace)
     check_block_size(spec, trace)
     check_cache_fits(spec, trace)
+    warm = replayed_warmup(spec, trace)
     out = Path(spec.output)
     created = not out.exists()
     _check_output(out)
@@ -298,7 +324,7 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
         ideal_note = (f"ideal hit rate not computed: the block size used ({ideal_bs}) is not a multiple of the "
                       f"trace's ({replayed.block_size})")
     else:
-        ideal = ideal_hit_rate(replayed, ideal_bs)
+        ideal = ideal_hit_rate(replayed, ideal_bs, warm)
     extra: dict[str, float | None] = {"ideal": ideal, "server_counters": None, "cache_counters": None}
     extra.update(result.hit_rates)
     rows = result.rows.reset_index(drop=True)
@@ -311,7 +337,7 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     config["ideal_block_size"] = ideal_bs
     if ideal_note:
         config["ideal_note"] = ideal_note
-    write_run(out, rows, config)
+    write_run(out, rows, config, timeline=result.timeline)
     if result.interrupted:
         raise KeyboardInterrupt
     return out
@@ -357,21 +383,21 @@ def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str],
     return combos
 
 
-def parse_rate_scales(text: str | None) -> list[float] | None:
+def parse_rate_scales(text: str | None, flag: str = "--rate-scale") -> list[float] | None:
     """``"0.5,1,2,4"`` -> multipliers of the trace's arrival rate; one line naming --rate-scale otherwise."""
     if text is None:
         return None
     out = []
-    for item in split_list(text, "--rate-scale"):
+    for item in split_list(text, flag):
         try:
             value = float(item)
         except ValueError:
-            raise fail(f"--rate-scale {text}: {item!r} is not a number (e.g. --rate-scale 0.5,1,2,4)") from None
+            raise fail(f"{flag} {text}: {item!r} is not a number (e.g. {flag} 0.5,1,2,4)") from None
         if not math.isfinite(value) or value <= 0:
-            raise fail(f"--rate-scale {text}: {item!r} must be a positive multiplier of the trace's arrival rate")
+            raise fail(f"{flag} {text}: {item!r} must be a positive multiplier of the trace's arrival rate")
         out.append(value)
     if len(set(out)) != len(out):
-        raise fail(f"--rate-scale {text}: a multiplier is repeated")
+        raise fail(f"{flag} {text}: a multiplier is repeated")
     return out
 
 
@@ -530,7 +556,11 @@ def register(app: typer.Typer) -> None:
         time_scale: float = typer.Option(1.0, help="Multiply trace times (0.5 replays twice as fast)."),
         rate_scale: Optional[str] = typer.Option(
             None, help="Load ladder: comma list of arrival-rate multipliers (e.g. 0.5,1,2,4), one run each."),
-        max_requests: Optional[int] = typer.Option(None, help="Replay only the first N requests."),
+        max_requests: Optional[int] = typer.Option(
+            None, help="Replay only the first N requests (warm-up included)."),
+        warmup: int = typer.Option(
+            0, help="Send the first N requests (whole sessions) first, wait until they finish, then replay "
+                    "the rest from that barrier on a warm cache; warm-up rows are marked and in no metric."),
         name: Optional[str] = typer.Option(None, help="Run name recorded in run.json."),
         output: Optional[Path] = typer.Option(None, "-o", "--output",
                                               help="Result directory (a sweep writes one subdirectory per combination)."),
@@ -549,6 +579,9 @@ def register(app: typer.Typer) -> None:
         api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", show_envvar=True,
                                               help="HTTP: sent as 'Authorization: Bearer KEY'; never recorded."),
         extra_body: Optional[str] = typer.Option(None, help="HTTP: JSON object merged into every request body."),
+        scrape_interval: Optional[float] = typer.Option(
+            None, help="Every N seconds, record each worker's KV-cache usage, running/waiting requests and cache "
+                       "counters in timeline.parquet (real workers: their /metrics; sim: its own state)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished runs in the output directory."),
     ) -> None:
@@ -568,10 +601,10 @@ def register(app: typer.Typer) -> None:
             router_params=parse_key_values(router_param, "--router-param"),
             eviction_params=parse_key_values(eviction_param, "--eviction-param"), profile=profile,
             max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs, time_scale=time_scale,
-            max_requests=max_requests, name=name, history=history, timeout_s=timeout,
+            max_requests=max_requests, warmup=warmup, name=name, history=history, timeout_s=timeout,
             max_concurrency=max_concurrency, reset_cache=reset_cache, model=model, api=api, progress=progress,
             chunked_prefill=chunked_prefill, goodput=parse_goodput(goodput), headers=parse_headers(header),
-            api_key=api_key, extra_body=parse_extra_body(extra_body))
+            api_key=api_key, extra_body=parse_extra_body(extra_body), scrape_interval_s=scrape_interval)
         scales = parse_rate_scales(rate_scale)
         many = len(evictions) * len(routers) > 1 or scales is not None
         combos = plan_sweep(base, evictions, routers, scales) if many else []

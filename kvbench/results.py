@@ -46,6 +46,7 @@ REQUESTS_SCHEMA = pa.schema(
         pa.field("cached_tokens", pa.int32()),  # null when the server does not report it
         pa.field("status", pa.string(), nullable=False),  # ok | error | cancelled
         pa.field("error", pa.string()),
+        pa.field("warmup", pa.bool_()),  # sent before the --warmup barrier: in no metric (missing: all False)
     ]
 )
 
@@ -54,7 +55,7 @@ def requests_table(rows: list[dict[str, Any]] | pd.DataFrame) -> pa.Table:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     for f in REQUESTS_SCHEMA:
         if f.name not in df.columns:
-            df[f.name] = None
+            df[f.name] = False if f.name == "warmup" else None
     return pa.Table.from_pandas(df[[f.name for f in REQUESTS_SCHEMA]], schema=REQUESTS_SCHEMA, preserve_index=False)
 
 
@@ -84,10 +85,14 @@ def _cv(values: list[float]) -> float:
 def compute_summary(df: pd.DataFrame, n_workers: int, extra_hit_rates: dict[str, float | None] | None = None,
                     goodput: dict[str, float] | None = None) -> dict[str, Any]:
     """Summary metrics named like ``vllm bench serve``; pure function of the request rows (and of the
-    goodput objectives, in ms, when given)."""
+    goodput objectives, in ms, when given). Warm-up rows (``--warmup``) count in ``warmup_requests`` only:
+    every metric, the duration's start included, covers the measured requests."""
+    warm = warmup_rows(df)
+    df = df[~warm]
     ok = df[df["status"] == "ok"]
     summary: dict[str, Any] = {
         "num_requests": int(len(df)),
+        "warmup_requests": int(warm.sum()),
         "completed": int(len(ok)),
         "failed": int((df["status"] == "error").sum()),
         "cancelled": int((df["status"] == "cancelled").sum()),
@@ -140,6 +145,18 @@ def compute_summary(df: pd.DataFrame, n_workers: int, extra_hit_rates: dict[str,
     return _clean(summary)
 
 
+def warmup_rows(df: pd.DataFrame) -> np.ndarray:
+    """The warm-up mask of result rows; files written before the column existed have none."""
+    if "warmup" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["warmup"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def measured_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows every metric covers: all but the warm-up."""
+    return df[~warmup_rows(df)]
+
+
 def _clean(obj: Any) -> Any:
     """JSON has no NaN: map it to null."""
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
@@ -178,13 +195,18 @@ class RunResult:
         return self.config.get("name") or self.path.name
 
 
-def write_run(out_dir: str | Path, rows: list[dict[str, Any]] | pd.DataFrame, config: dict[str, Any]) -> Path:
-    """Write requests.parquet then run.json (each atomically); run.json last marks the run complete."""
+def write_run(out_dir: str | Path, rows: list[dict[str, Any]] | pd.DataFrame, config: dict[str, Any],
+              timeline: pd.DataFrame | None = None) -> Path:
+    """Write requests.parquet, timeline.parquet (--scrape-interval) then run.json (each atomically); run.json
+    last marks the run complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = requests_table(rows)
     with atomic_path(out / REQUESTS_FILE) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+    from kvbench.timeline import write_timeline
+
+    write_timeline(out, timeline)  # without one, an overwritten run's stale timeline goes
     config = {"result_format_version": RESULT_FORMAT_VERSION, **config}
     write_json_atomic(out / RUN_FILE, config)
     return out
@@ -209,6 +231,8 @@ def read_run(path: str | Path) -> RunResult:
         df = pq.read_table(req).to_pandas()
     except Exception as exc:
         raise fail(f"{req}: unreadable ({type(exc).__name__}); re-run the replay") from None
+    if "warmup" not in df.columns:  # written before --warmup existed: nothing was warm-up
+        df["warmup"] = False
     missing = [f.name for f in REQUESTS_SCHEMA if f.name not in df.columns]
     if missing:
         raise fail(f"{req}: missing column(s) {', '.join(missing)}")

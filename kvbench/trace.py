@@ -199,6 +199,36 @@ def replay_order(df: pd.DataFrame) -> np.ndarray:
     return np.lexsort((df["turn"].to_numpy(), key))
 
 
+def warmup_mask(df: pd.DataFrame, n: int) -> np.ndarray:
+    """Which rows ``--warmup n`` sends before the measured part (a bool per row of ``df``).
+
+    The warm-up is made of whole units taken in replay order: an open-loop request is one unit, a session
+    (closed loop, every turn) is one unit placed where its first turn comes in replay order. Units are taken
+    until they hold at least ``n`` requests, so a session never straddles the barrier (its later turns wait
+    on its earlier ones) and a trace of open-loop requests warms up with exactly its first ``n``.
+    """
+    mask = np.zeros(len(df), dtype=bool)
+    if n <= 0:
+        return mask
+    sessions = df["session_id"].to_numpy(dtype=object)
+    members: dict[Any, list[int]] = {}
+    units: list[Any] = []
+    for i in replay_order(df).tolist():
+        sid = sessions[i]
+        key = ("row", i) if pd.isna(sid) else ("session", str(sid))
+        if key not in members:
+            members[key] = []
+            units.append(key)
+        members[key].append(i)
+    taken = 0
+    for key in units:
+        if taken >= n:
+            break
+        mask[members[key]] = True
+        taken += len(members[key])
+    return mask
+
+
 def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_size: int,
                order: np.ndarray | None = None) -> np.ndarray:
     """Cached tokens per request with an infinite cache on one node, processed in ``order``.
@@ -223,11 +253,18 @@ def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_siz
     return hits
 
 
-def ideal_hit_rate(trace: Trace, block_size: int | None = None) -> float:
+def ideal_hit_rate(trace: Trace, block_size: int | None = None, warmup: np.ndarray | None = None) -> float:
+    """``warmup`` (a row mask, see :func:`warmup_mask`): those rows are seen first and left out of the rate,
+    as a replay with ``--warmup`` measures only the requests after its barrier."""
     bs = block_size or trace.block_size
     hashes = hash_ids_at(trace, bs)
     inp = trace.df["input_tokens"].to_numpy()
-    total = int(inp.sum())
+    order = replay_order(trace.df)
+    measured = np.ones(len(inp), dtype=bool)
+    if warmup is not None and warmup.any():
+        order = np.concatenate([order[warmup[order]], order[~warmup[order]]])
+        measured = ~warmup
+    total = int(inp[measured].sum())
     if total == 0:
         return 0.0
-    return float(ideal_hits(hashes, inp, bs, replay_order(trace.df)).sum()) / total
+    return float(ideal_hits(hashes, inp, bs, order)[measured].sum()) / total

@@ -209,3 +209,13 @@ def test_spec_names_must_be_plain_folder_names(tmp_path: Path, name):
 def test_run_help_shows_the_reduced_table_name():
     result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert "[reduced] version" in result.output
+
+
+def test_replay_warmup_is_a_spec_field(tmp_path: Path):
+    spec = tmp_path / "w.toml"
+    spec.write_text('name = "w"\n[generate]\nkind = "gsp"\n[replay]\nwarmup = 16\n')
+    _, jobs = plan(load_spec(spec), tmp_path / "out")
+    assert jobs and {j.spec.warmup for j in jobs} == {16}
+    spec.write_text('name = "w"\n[generate]\nkind = "gsp"\n[replay]\nwarmup = "some"\n')
+    with pytest.raises(KvbenchError, match="warmup = 'some' must be an int"):
+        load_spec(spec)

@@ -39,6 +39,12 @@ def kvbench(*args, cwd):
     (["--eviction", "rlt", "--eviction-param", "mark_inserts=maybe"], "expects a bool for 'mark_inserts'"),
     (["--eviction", "lru", "--eviction-param", "colour=red"], "--eviction-param colour: eviction policy 'lru' has no"),
     (["--block-size", "24"], "--block-size 24: must be a multiple of the trace's block size 16"),
+    (["--warmup", "-1"], "--warmup -1: must be >= 0"),
+    (["--warmup", "18"], "--warmup 18: the trace has 18 requests"),
+    (["--max-requests", "5", "--warmup", "5"], "--warmup 5: --max-requests replays 5"),
+    # the first 5 replayed requests are s0's three turns and s1's first two: warm-up takes s1 whole
+    (["--max-requests", "5", "--warmup", "4"], "--warmup 4: --max-requests replays 5, and the sessions of its "
+                                               "first 4 (warm-up takes whole sessions) hold all"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, trace, args, needle):
     r = kvbench("replay", str(trace), "-o", str(tmp_path / "o"), "--no-progress", *args, cwd=tmp_path)
@@ -238,3 +244,50 @@ def test_output_that_is_not_a_regular_file_is_never_replaced(tmp_path, trace):
     (tmp_path / "d").mkdir()
     with pytest.raises(KvbenchError, match="not a regular file"):
         write_text_atomic(tmp_path / "d", "x")
+
+
+def test_warmup_counts_towards_max_requests_and_is_marked(tmp_path, trace):
+    # --max-requests 10 replays s0's and s1's turns and four open-loop requests; --warmup 3 is session s0
+    out = tmp_path / "w"
+    res = CliRunner().invoke(app, ["replay", str(trace), "-o", str(out), "--no-progress", "--max-requests", "10",
+                                   "--warmup", "3"])
+    assert res.exit_code == 0, res.output
+    run = read_run(out)
+    df = run.requests
+    assert len(df) == 10
+    assert sorted(df.loc[df["warmup"], "request_id"]) == ["s0-t0", "s0-t1", "s0-t2"]
+    assert (run.summary["num_requests"], run.summary["warmup_requests"]) == (7, 3)
+    assert run.config["warmup"] == 3 and run.config["max_requests"] == 10
+
+
+def test_warmup_mask_takes_whole_units_in_replay_order():
+    import pandas as pd
+
+    from kvbench.trace import warmup_mask
+
+    df = pd.DataFrame({"request_id": list("abcdef"), "arrival_s": [0.3, 0.0, 0.1, 0.2, 0.2, 0.5],
+                       "turn": [0, 0, 0, 1, 0, 2], "session_id": [None, "s", None, "s", None, "s"]})
+    # units in replay order: session s (b at 0.0; d and f too), c (0.1), e (0.2), a (0.3)
+    assert warmup_mask(df, 0).tolist() == [False] * 6
+    assert warmup_mask(df, 1).tolist() == [False, True, False, True, False, True]
+    assert warmup_mask(df, 3).tolist() == [False, True, False, True, False, True]
+    assert warmup_mask(df, 4).tolist() == [False, True, True, True, False, True]
+    assert warmup_mask(df, 5).tolist() == [False, True, True, True, True, True]
+
+
+def test_results_without_the_warmup_column_still_load(tmp_path, trace):
+    import pyarrow.parquet as pq
+
+    from kvbench.report.model import report_run
+    from kvbench.results import compute_summary
+
+    out = tmp_path / "old"
+    assert CliRunner().invoke(app, ["replay", str(trace), "-o", str(out), "--no-progress"]).exit_code == 0
+    table = pq.read_table(out / "requests.parquet")
+    pq.write_table(table.drop(["warmup"]), out / "requests.parquet")  # as written before --warmup existed
+    run = read_run(out)
+    assert not run.requests["warmup"].any()
+    old = run.requests.drop(columns=["warmup"])
+    summary = compute_summary(old, 4)
+    assert (summary["num_requests"], summary["warmup_requests"]) == (18, 0)
+    assert len(report_run(run).requests) == 18

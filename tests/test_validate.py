@@ -293,6 +293,19 @@ def test_bare_urls_are_the_servers_own_eviction(tmp_path, fakes, trace_file, mon
     assert rec.eviction_orders == [] and "validate [" not in err
 
 
+def test_warmup_reaches_the_simulated_and_the_real_runs(tmp_path, fakes, trace_file, monkeypatch, capsys):
+    c = cluster_file(tmp_path / "c.json", fakes(1), "lru")
+    out = tmp_path / "v"
+    code, _, err = run_cli(monkeypatch, capsys, "validate", trace_file, "--target", c, "--repeats", "1",
+                           "--profile", "cpu-tiny-llama", "--no-progress", "--warmup", "3", "-o", out)
+    assert code == 0, err
+    assert load_record(out / FIDELITY_FILE).config.warmup == 3
+    for run in (out / "sim" / "lru-round_robin", out / "real" / "lru-round_robin" / "rep0"):
+        cfg = _run_json(run)
+        assert cfg["warmup"] == 3
+        assert (cfg["summary"]["num_requests"], cfg["summary"]["warmup_requests"]) == (7, 3)
+
+
 def test_tiny_model_clusters_default_to_the_cpu_profile(tmp_path, fakes, trace_file, monkeypatch, capsys):
     model = tmp_path / "tiny"
     model.mkdir()
@@ -348,6 +361,7 @@ def _closed_url() -> str:
     ("no_cache_size", "report no KV cache size"),
     ("unknown_policy", "runs eviction 'weird', which the simulator does not have"),
     ("foreign_dir", "is not a kvbench validation directory"),
+    ("warmup", "--warmup 10: the trace has 10 requests"),
 ])
 def test_errors_are_one_line(tmp_path, fakes, trace_file, monkeypatch, capsys, case, needle):
     servers = fakes(2, cache_config=case not in ("no_cache_config", "no_cache_size"))
@@ -382,6 +396,8 @@ def test_errors_are_one_line(tmp_path, fakes, trace_file, monkeypatch, capsys, c
         args += ["--block-size", "16"]
     elif case == "unknown_policy":
         cluster_file(c, servers, "weird")
+    elif case == "warmup":
+        args += ["--warmup", "10"]
     elif case == "foreign_dir":
         (tmp_path / "v").mkdir()
         (tmp_path / "v" / "notes.txt").write_text("mine")

@@ -7,6 +7,7 @@ engines still yields one number per metric.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class MetricsSnapshot:
     values: dict[str, float] = field(default_factory=dict)  # summed over label sets
     cache_config: dict[str, str] = field(default_factory=dict)  # labels of vllm:cache_config_info
     error: str | None = None
+    series: dict[str, int] = field(default_factory=dict)  # label sets summed into each value (engines)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +101,7 @@ class MetricsSnapshot:
                 snap.cache_config = snap.cache_config or dict(s.labels)  # the first, as parse_cache_config
             elif s.name in KEPT and math.isfinite(s.value):
                 snap.values[s.name] = snap.values.get(s.name, 0.0) + s.value
+                snap.series[s.name] = snap.series.get(s.name, 0) + 1
         return snap
 
 
@@ -131,13 +134,19 @@ def int_or_none(v: str | None) -> int | None:
         return None
 
 
-async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0) -> MetricsSnapshot:
-    """Never raises: a worker without /metrics still gets replayed, just without server counters."""
+async def scrape(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0,
+                 parse_in_thread: bool = False) -> MetricsSnapshot:
+    """Never raises: a worker without /metrics still gets replayed, just without server counters.
+
+    ``parse_in_thread`` parses off the event loop, so scrapes during a run do not delay its requests."""
     try:
         async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             if resp.status != 200:
                 return MetricsSnapshot(url=url, error=f"GET /metrics answered HTTP {resp.status}")
-            return MetricsSnapshot.from_text(url, await resp.text())
+            text = await resp.text()
+        if parse_in_thread:
+            return await asyncio.to_thread(MetricsSnapshot.from_text, url, text)
+        return MetricsSnapshot.from_text(url, text)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return MetricsSnapshot(url=url, error=f"GET /metrics failed: {type(exc).__name__}: {exc}".rstrip(": "))
 

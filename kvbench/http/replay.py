@@ -31,9 +31,10 @@ from kvbench.http.progress import RunProgress
 from kvbench.http.request_options import session_headers
 from kvbench.http.prompts import PromptSource, SessionHistory
 from kvbench.http.targets import Target, parse_target
+from kvbench.http.timeline import TimelineScraper
 from kvbench.replay import BackendResult, ReplaySpec
 from kvbench.routing import Completion, RouterConfig, RouteRequest, make_router
-from kvbench.trace import Trace, replay_order
+from kvbench.trace import Trace, replay_order, warmup_mask
 
 PREFLIGHT_TIMEOUT_S = 10.0
 # No session-wide limit (aiohttp's default caps every request at 300 s): each request's own --timeout is the
@@ -149,6 +150,8 @@ class HttpReplay:
             keep = np.sort(replay_order(df)[: spec.max_requests])
             df = df.iloc[keep]
         self.df = df.reset_index(drop=True)
+        self.warm = warmup_mask(self.df, spec.warmup)  # sent before the barrier, marked in their rows
+        self.warmup_info: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = [self._blank_row(i) for i in range(len(self.df))]
         self.accepts_ids = [True] * self.n
         self.text_fallbacks = [0] * self.n  # token-id prompts re-sent as text because the format was refused
@@ -165,7 +168,7 @@ class HttpReplay:
                 "arrival_s": np.nan, "sent_s": np.nan, "first_token_s": np.nan, "done_s": np.nan,
                 "ttft_s": np.nan, "e2e_s": np.nan, "tpot_s": np.nan, "itl_s": None,
                 "input_tokens": int(r["input_tokens"]), "output_tokens": 0, "cached_tokens": None,
-                "status": "cancelled", "error": "not sent (run interrupted)"}
+                "status": "cancelled", "error": "not sent (run interrupted)", "warmup": bool(self.warm[i])}
 
     # ----------------------------------------------------------------------------------------- setup
     def _choose_block_size(self, snaps: list[metrics.MetricsSnapshot]) -> tuple[int, str]:
@@ -214,22 +217,55 @@ class HttpReplay:
                 hygiene: Any = [r.to_json() for r in recs]
             else:
                 hygiene = "skipped (--no-reset-cache)"
-            before = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
             self.sem = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
             self.session = session
+            interval = spec.scrape_interval_s
+            scraper = TimelineScraper(session, self.urls, interval) if interval else None
             with RunProgress(len(self.rows), enabled=spec.progress, label=f"replay -> {self.n} worker(s)") as prog:
                 self.progress = prog
-                await self._drive()
+                async with scraper or contextlib.nullcontext():  # --scrape-interval: /metrics over time
+                    before = await self._drive()  # the counters' start: after the warm-up, if any
             after_timeout = 3.0 if self.interrupted else 10.0
             after = await asyncio.gather(*(metrics.scrape(session, u, after_timeout) for u in self.urls))
-        return self._result(pre, bs, bs_source, config_snaps, hygiene, before, after)
+        result = self._result(pre, bs, bs_source, config_snaps, hygiene, before, after)
+        if scraper is not None:
+            result.timeline = scraper.frame(self.t0) if self.t0 else None  # t0 unset: nothing was replayed
+        return result
 
-    async def _drive(self) -> None:
-        """Launch open-loop requests and session heads at their times; Ctrl-C cancels and keeps rows."""
+    async def _drive(self) -> list[metrics.MetricsSnapshot]:
+        """Replay the schedule and return the /metrics snapshot the server counters count from.
+
+        With ``--warmup`` that is a barrier: the warm-up (after the cache reset) runs at its trace times until
+        every warm-up request has finished, /metrics is scraped, and the measured requests follow, shifted so
+        the first is sent at that moment (their spacing kept). Ctrl-C during the warm-up sends none of them.
+        """
+        schedule = self._schedule()
+        warm_unit = [bool(self.warm[key if kind == "single" else key[0]]) for _, kind, key in schedule]
+        warm = [item for item, w in zip(schedule, warm_unit) if w]
+        measured = [item for item, w in zip(schedule, warm_unit) if not w]
+        if warm:
+            self.t0 = time.monotonic()
+            await self._launch(warm)
+        timeout = 3.0 if self.interrupted else 10.0
+        before = list(await asyncio.gather(*(metrics.scrape(self.session, u, timeout) for u in self.urls)))
+        if self.interrupted or not measured:
+            return before
+        shift = 0.0
+        if warm:
+            shift = (time.monotonic() - self.t0) - measured[0][0]
+            self.warmup_info = {"requests": int(self.warm.sum()), "barrier_s": measured[0][0] + shift,
+                                "shift_s": shift}
+        else:
+            self.t0 = time.monotonic()
+        await self._launch([(t + shift, kind, key) for t, kind, key in measured])
+        return before
+
+    async def _launch(self, schedule: list[tuple[float, str, Any]]) -> None:
+        """Launch open-loop requests and session heads at their times (from ``t0``), wait for them all;
+        Ctrl-C cancels and keeps rows."""
         tasks: list[asyncio.Task] = []
         try:
-            self.t0 = time.monotonic()
-            for start_s, kind, key in self._schedule():
+            for start_s, kind, key in schedule:
                 await sleep_until(self.t0 + start_s)
                 if kind == "single":
                     tasks.append(asyncio.create_task(self._request(key, start_s, None)))
@@ -408,6 +444,7 @@ class HttpReplay:
             "dead_workers": {self.urls[w]: why for w, why in self.dead.items()},
             "max_concurrency": self.spec.max_concurrency,
             "timeout_s": self.spec.timeout_s,
+            "warmup": self.warmup_info,  # barrier_s: the warm-up had finished, the measured part began
         }
         return BackendResult(rows=df, workers=list(self.urls), config=config,
                              hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted,

@@ -11,6 +11,7 @@ from kvbench.report.inputs import LoadedInputs
 from kvbench.report.model import ReportRun, workload_description
 from kvbench.report.sweeps import find_sweeps
 from kvbench.report.table import ordered_runs, summary_table
+from kvbench.report.timeline_chart import timeline_chart
 
 
 @dataclass
@@ -86,6 +87,9 @@ def _section(index: int, key: str, runs: list[ReportRun], palette: charts.Palett
         chart = make(f"{prefix}-c{len(section.charts)}")
         if chart is not None:
             section.charts.append(chart)
+    state, state_notes = timeline_chart(f"{prefix}-c{len(section.charts)}", runs)  # --scrape-interval runs
+    section.charts.extend([state] if state is not None else [])
+    section.notes.extend(state_notes)
     if not any(c.title == "hit rate over time" for c in section.charts):
         section.notes.append("No run reports per-request cached tokens, so there is no hit rate over time.")
     for sweep in find_sweeps(runs):

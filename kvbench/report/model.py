@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from kvbench.results import RunResult, compute_summary
+from kvbench.results import RunResult, compute_summary, warmup_rows
 
 # Trace generator parameters that set the arrival rate: runs that differ only in them share a workload,
 # so a rate sweep is drawn as one line per combination instead of one workload per rate.
@@ -44,7 +44,7 @@ class ReportRun:
     name: str
     path: Path
     config: dict[str, Any]
-    requests: pd.DataFrame
+    requests: pd.DataFrame  # the measured rows: warm-up rows (--warmup) are in no chart, as in no summary
     summary: dict[str, Any]
     workload_key: str
     workload_label: str
@@ -132,6 +132,9 @@ def workload_identity(config: dict[str, Any]) -> tuple[str, str]:
     if config.get("max_requests") is not None:
         key_src += f"|max_requests={config.get('max_requests')}"
         label += f" (first {config.get('max_requests')} requests)"
+    if config.get("warmup"):  # another warm-up measures other requests on a differently warmed cache
+        key_src += f"|warmup={config.get('warmup')}"
+        label += f" (after a warm-up of {config.get('warmup')} requests)"
     return hashlib.sha256(key_src.encode()).hexdigest()[:12], label
 
 
@@ -186,6 +189,7 @@ def report_run(result: RunResult, name: str | None = None) -> ReportRun:
         notes.append("run.json has no summary; computed from requests.parquet")
     if config.get("interrupted"):
         notes.append("interrupted (Ctrl-C): the run stopped early; unfinished requests are 'cancelled'")
+    df = df[~warmup_rows(df)]  # the workload's label says a warm-up ran
     backend = config.get("backend_config")
     simulator = backend.get("simulator") if isinstance(backend, dict) else None
     if isinstance(simulator, dict) and isinstance(simulator.get("belady_note"), str):

@@ -40,6 +40,11 @@ def register(app: typer.Typer) -> None:
         max_token_id: int = typer.Option(1000, help="Random prompt token ids are drawn below this."),
         seed: int = typer.Option(0, help="Seed of the random prompts."),
         timeout: float = typer.Option(300.0, help="Per-request timeout in seconds."),
+        replay_rate_scale: Optional[str] = typer.Option(
+            None, help="With --trace: then replay the trace at these multiples of its arrival rate (e.g. "
+                       "0.5,1,2) and adjust the profile until the simulator's TTFT/e2e percentiles match."),
+        replay_requests: Optional[int] = typer.Option(
+            None, help="Requests per replay for --replay-rate-scale (default: the whole trace)."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Fit the simulator's latency profile to measurements of real servers (see docs/simulator.md)."""
@@ -60,6 +65,15 @@ def register(app: typer.Typer) -> None:
                        "--timeout > 0")
         if trace is not None and prompt_lengths is not None:
             raise fail("--trace, --prompt-lengths: give one (--trace picks the lengths from the trace)")
+        scales = None
+        if replay_rate_scale is not None:
+            from kvbench.replay import parse_rate_scales
+
+            if trace is None:
+                raise fail("--replay-rate-scale: needs --trace (the trace whose replays are fitted)")
+            scales = parse_rate_scales(replay_rate_scale, "--replay-rate-scale")
+        if replay_requests is not None and replay_requests < 1:
+            raise fail(f"--replay-requests {replay_requests}: must be >= 1")
         if trace is not None:
             lengths = _lengths_from_trace(trace, urls, model, suffix_tokens, output_tokens)
         else:
@@ -91,11 +105,49 @@ def register(app: typer.Typer) -> None:
             # what was measured: a replay warns when a trace's prompts go well beyond it
             "prompt_tokens_min": min(plan.prompt_lengths), "prompt_tokens_max": max(plan.prompt_lengths),
             "max_concurrency": max(plan.concurrency)}})
+        if scales:
+            text = _refine_on_replays(text, output, urls, trace, scales, replay_requests, timeout, model, progress)
         write_text_atomic(output, text)
         load_profile(str(output))  # what was written reads back
-        for k, v in coef.items():
-            typer.echo(f"{k} = {v:.4g}", err=True)
+        for k in COEFFICIENTS:
+            typer.echo(f"{k} = {getattr(load_profile(str(output)), k):.4g}", err=True)
         typer.echo(str(output))
+
+
+def _refine_on_replays(text: str, output: Path, urls: list[str], trace: Path, scales: list[float],
+                       max_requests: int | None, timeout: float, model: str | None, progress: bool) -> str:
+    """The isolated fit (``text``), adjusted to whole replays of ``trace``; returns the profile's TOML."""
+    import tempfile
+
+    from kvbench.sim.latency import COEFFICIENTS, load_profile, profile_toml
+    from kvbench.sim.refine import measure_replays, refine, simulator_for
+    from kvbench.fsutil import read_toml
+
+    with tempfile.TemporaryDirectory(prefix="kvbench-profile-") as tmp:
+        first = Path(tmp) / output.name
+        first.write_text(text, encoding="utf-8")
+        base = load_profile(str(first))
+        data = read_toml(first, str(first))
+    target = ",".join(urls)
+    typer.echo(f"replaying {trace} at {', '.join(f'{s:g}x' for s in scales)} its arrival rate", err=True)
+    points, tr = measure_replays(target, trace, scales, max_requests, timeout, model, progress)
+    result = refine(base, points, simulator_for(target, tr, trace, max_requests, model))
+    coef = {k: getattr(result.profile, k) for k in COEFFICIENTS}
+    how = (f"refined on whole replays of {trace.name} at {','.join(f'{s:g}' for s in scales)}x its arrival "
+           f"rate ({sum(p.completed for p in points)} requests): mean squared log error of TTFT p50/p90/p99 "
+           f"and e2e p50/p99 {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.evaluations} "
+           f"simulations, from the isolated fit")
+    notes = {k: f"{data['notes'].get(k, '')}; {how}".lstrip("; ") for k in coef}
+    fit = dict(data.get("fit", {}))
+    fit.update({"replay_rate_scales": list(scales), "replay_loss_before": round(result.loss_before, 6),
+                "replay_loss_after": round(result.loss_after, 6)})
+    typer.echo(f"replay fit: loss {result.loss_before:.3f} -> {result.loss_after:.3f}", err=True)
+    for r in result.per_rate:
+        cells = ", ".join(f"{k} {r['measured'][k] * 1000:.1f}/{(r['simulated'][k] or float('nan')) * 1000:.1f} ms"
+                          for k in r["measured"])
+        typer.echo(f"  {r['rate_scale']:g}x (real/sim): {cells}", err=True)
+    return profile_toml(data["profile"]["name"], data["profile"]["source"] + f"; {how}", coef, notes,
+                        extra={"fit": fit})
 
 
 def _lengths_from_trace(path: Path, urls: list[str], model: str | None, suffix_tokens: int,

@@ -295,6 +295,8 @@ class ClusterSimulator:
         self.seq = 0
         self.now = 0.0
         self.finished = 0
+        # called with each event's time before the event is handled (--scrape-interval's SimSampler)
+        self.on_time: Callable[[float], None] | None = None
 
     def push(self, t: float, kind: int, payload: object) -> None:
         self.seq += 1
@@ -309,8 +311,11 @@ class ClusterSimulator:
             self.release(r, t)
         events = self.events
         pop = heapq.heappop
+        on_time = self.on_time
         while events:
             t, _, kind, payload = pop(events)
+            if on_time is not None:
+                on_time(t)
             self.now = t
             if kind == _STEP:
                 self._step_done(payload, t)  # type: ignore[arg-type]

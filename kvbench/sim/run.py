@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kvbench.cache import POLICIES, PrefixCache, make_policy
+from kvbench.cache.prefix import CacheStats
 from kvbench.errors import fail
 from kvbench.replay import BackendResult, ReplaySpec
 from kvbench.routing import Completion, Router, RouterConfig, RouteRequest, make_router
@@ -21,7 +23,8 @@ from kvbench.sim.engine import (
     use_generated_history,
 )
 from kvbench.sim.latency import LatencyProfile, load_profile, warn_outside_fit
-from kvbench.trace import Trace, replay_order
+from kvbench.timeline import SimSampler
+from kvbench.trace import Trace, replay_order, warmup_mask
 
 
 def _none(v: Any) -> Any:
@@ -31,11 +34,10 @@ def _none(v: Any) -> Any:
 
 
 def build_requests(trace: Trace, spec: ReplaySpec) -> tuple[list[SimRequest], list[tuple[float, SimRequest]]]:
-    """Requests in replay order, sessions chained turn to turn; returns them and the open-loop releases."""
+    """Requests in replay order, sessions chained turn to turn; returns them and the open-loop releases.
+    With ``--warmup`` the warm-up's requests come first (see :func:`replay_positions`)."""
     df = trace.df
-    order = replay_order(df)
-    if spec.max_requests is not None:
-        order = order[: spec.max_requests]
+    order = replay_positions(trace, spec)[0]
     hashes = trace.hash_ids_at(spec.block_size)
     cols = {c: df[c].to_numpy() for c in ("request_id", "input_tokens", "output_tokens", "session_id", "turn",
                                           "arrival_s", "think_s", "prompt", "prompt_token_ids")}
@@ -69,11 +71,30 @@ def build_requests(trace: Trace, spec: ReplaySpec) -> tuple[list[SimRequest], li
     return reqs, first
 
 
-def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
+def replay_positions(trace: Trace, spec: ReplaySpec) -> tuple[np.ndarray, int]:
+    """Trace rows in the order the simulator numbers its requests, and how many of them are warm-up.
+
+    Replay order cut by ``--max-requests``, with the warm-up's rows moved first: they are released first,
+    and belady's future, indexed by this number, then follows the order requests really arrive in.
+    """
+    order = replay_order(trace.df)
+    if spec.max_requests is not None:
+        order = order[: spec.max_requests]
+    if not spec.warmup:
+        return order, 0
+    warm = warmup_mask(trace.df.iloc[order].reset_index(drop=True), spec.warmup)
+    return np.concatenate([order[warm], order[~warm]]), int(warm.sum())
+
+
+def run_sim(spec: ReplaySpec, trace: Trace, profile: LatencyProfile | None = None) -> BackendResult:
+    """``profile`` (a profile object, e.g. one being fitted) replaces ``spec.profile`` and is not warned about."""
     if spec.eviction not in POLICIES:
         raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
-    profile = load_profile(spec.profile)
-    range_warning = warn_outside_fit(profile, trace, spec.max_requests)
+    if profile is None:
+        profile = load_profile(spec.profile)
+        range_warning = warn_outside_fit(profile, trace, spec.max_requests)
+    else:
+        range_warning = None
     capacity = None if spec.cache_tokens is None else spec.cache_tokens // spec.block_size
     belady: dict[str, Any] = {}
     if spec.eviction == "belady":
@@ -82,8 +103,8 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
         run = _Pass(spec, trace, profile, capacity)
         router = run.router
     reqs, workers, sim, interrupted = run.reqs, run.workers, run.sim, run.interrupted
-    rows = result_rows(trace, reqs)
-    stats = [w.cache.stats for w in workers]
+    rows = result_rows(trace, reqs, run.n_warmup)
+    stats = run.measured_stats()  # the counters since the warm-up's barrier
     queried = sum(s.queries_tokens for s in stats)
     config = {
         "profile": {**profile.to_config(), "range_warning": range_warning},
@@ -99,9 +120,13 @@ def run_sim(spec: ReplaySpec, trace: Trace) -> BackendResult:
                          "inserted_blocks": s.inserted_blocks, "evicted_blocks": s.evicted_blocks} for s in stats],
     }
     config["simulator"].update(belady)
+    if run.n_warmup:
+        config["simulator"]["warmup"] = {"requests": run.n_warmup, "barrier_s": run.barrier_s,
+                                         "shift_s": run.shift_s}
     hit_rates = {"cache_counters": (sum(s.hit_tokens for s in stats) / queried) if queried else None}
     return BackendResult(rows=rows, workers=[f"sim-{w}" for w in range(spec.workers)], config=config,
-                         hit_rates=hit_rates, interrupted=interrupted)
+                         hit_rates=hit_rates, interrupted=interrupted,
+                         timeline=None if run.sampler is None else run.sampler.frame())
 
 
 class _Pass:
@@ -115,6 +140,10 @@ class _Pass:
                  futures: list[tuple[list[list[int]], list[int]]] | None = None,
                  replay: list[int] | None = None, label: str = "") -> None:
         self.reqs, first = build_requests(trace, spec)
+        self.n_warmup = replay_positions(trace, spec)[1]  # build_requests numbered them first
+        self.barrier_s: float | None = None
+        self.shift_s: float | None = None
+        self._at_barrier: list[CacheStats] | None = None
         # --history generated: a turn's output blocks are the next turn's prompt blocks holding the answer
         self.linked = use_generated_history(self.reqs) if spec.history == "generated" else None
         sched = SchedulerConfig(spec.max_batched_tokens, spec.max_num_seqs, spec.chunked_prefill)
@@ -134,15 +163,44 @@ class _Pass:
             routing = _DropElsewhere(self.router, self.reqs, [w.cache.policy for w in self.workers])
         progress = _Progress(len(self.reqs), f"sim {spec.eviction} x {spec.router}{label}", spec.progress)
         self.sim = ClusterSimulator(self.workers, routing, self.reqs, on_done=progress.done)
+        self.sampler = SimSampler(self.workers, spec.scrape_interval_s) if spec.scrape_interval_s else None
+        self.sim.on_time = self.sampler
         self.interrupted = False
         with progress:
             try:
-                self.sim.run(first)
+                self._run(first)
+                if self.sampler is not None:
+                    self.sampler.finish(self.sim.now)
             except KeyboardInterrupt:
                 self.interrupted = True
 
+    def _run(self, first: list[tuple[float, SimRequest]]) -> None:
+        """Without warm-up, one run. With it, a barrier: the warm-up's releases run until every warm-up
+        request has finished, then the measured releases follow, shifted so the first is at that moment.
+        Caches and router carry over, as on a real cluster."""
+        if not self.n_warmup:
+            self.sim.run(first)
+            return
+        warm = [(t, r) for t, r in first if r.idx < self.n_warmup]
+        rest = [(t, r) for t, r in first if r.idx >= self.n_warmup]
+        self.sim.run(warm)
+        self.barrier_s = max((r.done_s for r in self.reqs[: self.n_warmup] if r.done_s is not None),
+                             default=self.sim.now)
+        self._at_barrier = [replace(w.cache.stats) for w in self.workers]
+        if rest:
+            self.shift_s = self.barrier_s - rest[0][0]  # ``first`` is sorted by time
+            self.sim.run([(t + self.shift_s, r) for t, r in rest])
+
+    def measured_stats(self) -> list[CacheStats]:
+        """Each worker's cache counters over the measured requests (all of them without warm-up)."""
+        now = [w.cache.stats for w in self.workers]
+        if self._at_barrier is None:
+            return now
+        return [CacheStats(*(getattr(a, f.name) - getattr(b, f.name) for f in fields(CacheStats)))
+                for a, b in zip(now, self._at_barrier)]
+
     def hit_rate(self) -> float | None:
-        stats = [w.cache.stats for w in self.workers]
+        stats = self.measured_stats()
         queried = sum(s.queries_tokens for s in stats)
         return sum(s.hit_tokens for s in stats) / queried if queried else None
 
@@ -282,7 +340,8 @@ def _belady_statement(workers: int, info: dict[str, Any]) -> str:
             "requests to workers, and another policy under the same router may route differently.")
 
 
-def result_rows(trace: Trace, reqs: list[SimRequest]) -> pd.DataFrame:
+def result_rows(trace: Trace, reqs: list[SimRequest], warmup: int = 0) -> pd.DataFrame:
+    """One row per request; the first ``warmup`` (numbered first by build_requests) are marked warm-up."""
     df = trace.df
     by_id = pd.Series(np.arange(len(df)), index=df["request_id"].astype(str))
     rows_idx = by_id[[r.route.request_id for r in reqs]].to_numpy()
@@ -314,6 +373,7 @@ def result_rows(trace: Trace, reqs: list[SimRequest]) -> pd.DataFrame:
         # output_tokens: what was generated (the engine samples at least one token), not the trace's value
         "input_tokens": [r.input for r in reqs], "output_tokens": [r.generated for r in reqs],
         "cached_tokens": pd.array(cached, dtype="Int64"), "status": status, "error": error,
+        "warmup": [r.idx < warmup for r in reqs],
     })
 
 

@@ -84,7 +84,14 @@ def register(app: typer.Typer) -> None:
         max_batched_tokens: int | None = typer.Option(
             None, help="Simulator step token budget, only when neither cluster file nor servers give it."),
         time_scale: float = typer.Option(1.0, help="Multiply trace times (0.5 replays twice as fast)."),
-        max_requests: int | None = typer.Option(None, help="Replay only the first N requests."),
+        max_requests: int | None = typer.Option(
+            None, help="Replay only the first N requests (warm-up included)."),
+        warmup: int = typer.Option(
+            0, help="Run the first N requests (whole sessions) before a barrier, in no metric; every run, "
+                    "simulated and real, does the same."),
+        scrape_interval: float | None = typer.Option(
+            None, help="Every N seconds, record each worker's KV-cache usage and running/waiting requests in "
+                       "timeline.parquet (real runs: /metrics; the simulated run: its own state)."),
         history: str = typer.Option("recorded", help="Sessions: 'recorded' prompts or 'generated' history."),
         timeout: float = typer.Option(600.0, help="Per-request timeout in seconds (real runs)."),
         max_concurrency: int | None = typer.Option(None, help="Cap on requests in flight (real runs)."),
@@ -107,8 +114,10 @@ def register(app: typer.Typer) -> None:
             seed=seed, router_params=parse_key_values(router_param, "--router-param"),
             flags=Flags(cache_tokens=cache_tokens, block_size=block_size, max_num_seqs=max_num_seqs,
                         max_batched_tokens=max_batched_tokens, model=model),
-            time_scale=time_scale, max_requests=max_requests, history=history, timeout_s=timeout,
-            max_concurrency=max_concurrency, api=api, progress=progress, overwrite=overwrite)
+            time_scale=time_scale, max_requests=max_requests, warmup=warmup, scrape_interval_s=scrape_interval,
+            history=history,
+            timeout_s=timeout, max_concurrency=max_concurrency, api=api, progress=progress,
+            overwrite=overwrite)
         try:
             record = run_validate(spec)
         except KeyboardInterrupt as exc:

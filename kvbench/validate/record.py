@@ -144,6 +144,7 @@ class ValidateConfig(_Model):
     profile: Setting
     time_scale: float
     max_requests: int | None
+    warmup: int = 0  # records written before --warmup existed have none
     history: str
     api: str
     targets: list[TargetConfig]

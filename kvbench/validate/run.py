@@ -20,7 +20,7 @@ from typing import Any
 
 from kvbench.errors import fail
 from kvbench.fsutil import write_text_atomic
-from kvbench.replay import ReplaySpec, check_block_size, run_replay, validate_spec
+from kvbench.replay import ReplaySpec, check_block_size, replayed_warmup, run_replay, validate_spec
 from kvbench.results import RUN_FILE
 from kvbench.validate import compare
 from kvbench.validate.record import (
@@ -49,6 +49,8 @@ class ValidateSpec:
     flags: Flags = field(default_factory=Flags)
     time_scale: float = 1.0
     max_requests: int | None = None
+    warmup: int = 0
+    scrape_interval_s: float | None = None  # every run, simulated and real, writes timeline.parquet
     history: str = "recorded"
     timeout_s: float = 600.0
     max_concurrency: int | None = None
@@ -98,7 +100,8 @@ def plan(spec: ValidateSpec, resolved: list[ResolvedTarget], profile: Setting) -
             common: dict[str, Any] = {
                 "trace": spec.trace, "router": router, "seed": spec.seed,
                 "router_params": dict(spec.router_params), "block_size": int(cfg.block_size.value),
-                "time_scale": spec.time_scale, "max_requests": spec.max_requests}
+                "time_scale": spec.time_scale, "max_requests": spec.max_requests, "warmup": spec.warmup,
+                "scrape_interval_s": spec.scrape_interval_s}
             sim = ReplaySpec(**common, output=spec.output / "sim" / label, target="sim",
                              eviction=cfg.sim_eviction, eviction_params=dict(cfg.eviction_params),
                              workers=cfg.workers,
@@ -121,6 +124,7 @@ def check_plan(planned: list[Planned], trace) -> None:
     for p in planned:
         validate_spec(p.sim)
         check_block_size(p.sim, trace)
+        replayed_warmup(p.sim, trace)
         for s in p.real:
             validate_spec(s)
         bs = int(p.config.block_size.value)
@@ -222,7 +226,7 @@ def build_record(spec: ValidateSpec, planned: list[Planned], profile: Setting, c
         trace=str(spec.trace), trace_sha256=file_sha256(spec.trace) if spec.trace.exists() else None,
         routers=list(spec.routers), router_params=dict(spec.router_params), repeats=spec.repeats,
         seed=spec.seed, profile=profile, time_scale=spec.time_scale, max_requests=spec.max_requests,
-        history=spec.history, api=spec.api, targets=list(unique.values()))
+        warmup=spec.warmup, history=spec.history, api=spec.api, targets=list(unique.values()))
     return FidelityRecord(complete=complete, interrupted=interrupted, config=config, combinations=combos,
                           rankings=rankings, eviction_orders=orders,
                           verdict=compare.verdict(combos, rankings, orders), notes=notes, versions=versions())

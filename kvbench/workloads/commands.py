@@ -320,15 +320,38 @@ def conversation(
     dataset: Annotated[str, typer.Option(help="sharegpt | ultrachat.")],
     input: InputPath = None,
     synthetic: Synthetic = False,
-    conversations: Annotated[int, typer.Option(help="Sessions to generate.")] = 128,
-    turns: Annotated[str, typer.Option(help="Turns per session, in rotation.")] = "2,4,6,8",
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            help="recorded (real data's default): each conversation's own turns and message lengths | "
+            "rlt (the RLT paper; --synthetic's default): --turns 2,4,6,8 --user-turn-tokens 1024 "
+            "--max-output-tokens 1024. --turns/--user-turn-tokens override rlt, shape real data "
+            "when --preset is not given, and conflict with --preset recorded."
+        ),
+    ] = None,
+    conversations: Annotated[
+        int, typer.Option(help="Sessions to generate: a seeded sample of the source's conversations.")
+    ] = 128,
+    turns: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Turns per session, in rotation; shorter conversations get synthesized turns "
+            "(rlt 2,4,6,8; recorded: each conversation's own)."
+        ),
+    ] = None,
     user_turn_tokens: Annotated[
-        int, typer.Option(help="Exact tokens of every user turn (0: keep each message's length).")
-    ] = 1024,
+        Optional[int],
+        typer.Option(
+            help="Exact tokens of every user turn, cut or padded; 0 keeps each message's length "
+            "(rlt 1024, recorded 0)."
+        ),
+    ] = None,
     output_tokens: Annotated[
         Optional[int], typer.Option(help="Fixed answer tokens (default: the recorded answer's length).")
     ] = None,
-    max_output_tokens: Annotated[int, typer.Option(help="Cap on recorded answer lengths.")] = 1024,
+    max_output_tokens: Annotated[
+        Optional[int], typer.Option(help="Cap on recorded answer lengths (rlt 1024, recorded none).")
+    ] = None,
     think_s: Annotated[
         float, typer.Option("--think-s", help="Seconds between a turn finishing and the next being sent.")
     ] = 0.0,
@@ -341,13 +364,24 @@ def conversation(
     prompt_text: DataPromptText = None,
     token_ids: TokenIds = True,
 ) -> None:
-    """Multi-turn sessions with accumulated history (closed loop: a turn waits for the previous one)."""
+    """Multi-turn sessions with accumulated history (closed loop: a turn waits for the previous one).
+
+    Real data (--input or the hub) keeps its recorded conversations; --preset rlt builds the RLT paper's.
+    """
     params = _params(dict(locals()))
     from kvbench.workloads import conversation as cv
 
     _check_output(output)
     ds = choice("--dataset", dataset, cv.DATASETS)
-    turn_list = int_list("--turns", turns, minimum=1)
+    chosen = _conversation_preset(preset, synthetic, turns, user_turn_tokens)
+    params["preset"] = chosen  # the construction actually used, also when it was a default
+    base = cv.PRESETS[chosen]
+    turn_list = (
+        int_list("--turns", turns, minimum=1) if turns is not None
+        else list(base.turns) if base.turns is not None else None
+    )
+    user_turn_tokens = user_turn_tokens if user_turn_tokens is not None else base.user_turn_tokens
+    max_output_tokens = max_output_tokens if max_output_tokens is not None else base.max_output_tokens
     at_least("--conversations", conversations, 1)
     at_least("--user-turn-tokens", user_turn_tokens, 0)
     at_least("--output-tokens", output_tokens, 0, MAX_REQUEST_TOKENS)
@@ -370,6 +404,7 @@ def conversation(
         )
     else:
         convs, source = cv.load_conversations(ds, input_file("--input", input) if input is not None else None)
+        source += f"; {_conversation_shape(cfg)}"
     rows, padded = cv.generate_conversations(
         cfg, convs, codec, rng, not synthetic if prompt_text is None else prompt_text, token_ids, block_size
     )
@@ -386,6 +421,36 @@ def conversation(
         source=source,
     )
     build.write(output, rows, meta, token_ids)
+
+
+def _conversation_preset(
+    preset: Optional[str], synthetic: bool, turns: Optional[str], user_turn_tokens: Optional[int]
+) -> str:
+    """The construction to use; an explicit `recorded` promises untouched turns, so reshaping it fails."""
+    from kvbench.workloads.conversation import PRESETS
+
+    if preset is None:
+        return "rlt" if synthetic else "recorded"
+    chosen = choice("--preset", preset, tuple(PRESETS))
+    if chosen == "recorded" and synthetic:
+        raise fail("--preset recorded keeps recorded conversations and --synthetic has none; "
+                   "give --input FILE instead of --synthetic, or use --preset rlt")
+    if chosen == "recorded":
+        for flag, value in (("--turns", turns), ("--user-turn-tokens", user_turn_tokens)):
+            if value is not None:
+                raise fail(f"--preset recorded keeps each conversation as recorded, so {flag} {value} "
+                           f"conflicts with it; drop --preset to apply {flag} to the real data, "
+                           f"or drop {flag}")
+    return chosen
+
+
+def _conversation_shape(cfg: Any) -> str:
+    """How the real conversations were shaped, for the trace's `source` line."""
+    if cfg.turns is None and not cfg.user_turn_tokens:
+        return "turns and message lengths as recorded"
+    turns = "recorded turns" if cfg.turns is None else f"turns {','.join(map(str, cfg.turns))} in rotation"
+    users = f"user turns of {cfg.user_turn_tokens} tokens" if cfg.user_turn_tokens else "recorded user turns"
+    return f"{turns}, {users}"
 
 
 @generate_app.command("trace")

@@ -5,6 +5,11 @@ new user message, so ``input_tokens[k] = input_tokens[k-1] + output_tokens[k-1] 
 recorded answer is cut to the turn's ``output_tokens``, which lets a replay client rebuild the history
 with the answers the server actually generated. Later turns' ``arrival_s`` is nominal (previous turn's
 arrival + ``think_s``); replay releases them after the previous turn finishes plus ``think_s``.
+
+Real data keeps each conversation as recorded (preset ``recorded``) unless asked otherwise, because a
+benchmark of someone's own traffic must not silently become the RLT paper's construction; that
+construction (2/4/6/8 turns in rotation, user turns of exactly 1,024 tokens) is preset ``rlt``, and the
+synthetic stand-ins, which have nothing recorded to keep, default to it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ SYSTEM_ROLES = {"system"}
 # Answer lengths of the synthetic stand-ins: lognormal, median tokens (ShareGPT answers are shorter).
 SYNTHETIC_ANSWER_MEDIAN = {"sharegpt": 220, "ultrachat": 300}
 MISSING_ANSWER_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults a --preset gives the shaping options; an explicit option overrides its value."""
+
+    turns: tuple[int, ...] | None  # None: each conversation's own recorded turns
+    user_turn_tokens: int  # 0: each user message's own length
+    max_output_tokens: int | None  # None: recorded answers uncapped
+
+
+PRESETS = {"recorded": Preset(None, 0, None), "rlt": Preset((2, 4, 6, 8), 1024, 1024)}
 
 
 @dataclass
@@ -143,10 +160,10 @@ def load_conversations(dataset: str, input_path: Path | None) -> tuple[list[Conv
 class ConversationConfig:
     dataset: str
     conversations: int
-    turns: list[int]
+    turns: list[int] | None  # None: each conversation's own recorded turns
     user_turn_tokens: int  # 0: keep each user message's own length
     output_tokens: int | None  # None: the recorded answer length (capped)
-    max_output_tokens: int
+    max_output_tokens: int | None  # None: recorded answer lengths uncapped
     think_s: float
     arrival: ArrivalSpec
 
@@ -166,9 +183,10 @@ class TurnSource:
     def _answer_length(self, recorded: int | None) -> int:
         if self.cfg.output_tokens is not None:
             return self.cfg.output_tokens
-        if recorded is None:
-            return min(MISSING_ANSWER_TOKENS, self.cfg.max_output_tokens)
-        return max(1, min(recorded, self.cfg.max_output_tokens))
+        cap = self.cfg.max_output_tokens
+        if recorded is None:  # a last question without an answer still needs an output length
+            return MISSING_ANSWER_TOKENS if cap is None else min(MISSING_ANSWER_TOKENS, cap)
+        return max(1, recorded if cap is None else min(recorded, cap))
 
     def real(self, user: str, answer: str) -> Turn:
         u = self.codec.encode(user)
@@ -191,13 +209,27 @@ class TurnSource:
 def pick_conversations(
     convs: list[Conversation], cfg: ConversationConfig, rng: np.random.Generator
 ) -> list[tuple[Conversation, int]]:
-    """For session ``i`` (``turns[i % len(turns)]`` turns) the next shuffled conversation with enough
-    turns; if none is left, the longest remaining one, later padded with synthetic turns."""
+    """The first ``conversations`` of a seeded shuffle, each with all its recorded turns; with ``turns``,
+    session ``i`` (``turns[i % len(turns)]`` turns) takes the next shuffled conversation with enough
+    turns, or if none is left the longest remaining one, later padded with synthetic turns."""
     pool = [convs[i] for i in rng.permutation(len(convs))]
+    if cfg.turns is None:
+        out = [(c, len(c.pairs)) for c in pool[: cfg.conversations]]
+    else:
+        out = _fill_turn_slots(pool, cfg.turns, cfg.conversations)
+    if len(out) < cfg.conversations:
+        warn(
+            f"only {len(out)} conversations available; "
+            f"generating {len(out)} of --conversations {cfg.conversations}"
+        )
+    return out
+
+
+def _fill_turn_slots(pool: list[Conversation], turns: list[int], n: int) -> list[tuple[Conversation, int]]:
     used = [False] * len(pool)
     out = []
-    for i in range(cfg.conversations):
-        want = cfg.turns[i % len(cfg.turns)]
+    for i in range(n):
+        want = turns[i % len(turns)]
         pick = next((j for j, c in enumerate(pool) if not used[j] and len(c.pairs) >= want), None)
         if pick is None:
             free = [j for j in range(len(pool)) if not used[j]]
@@ -206,11 +238,6 @@ def pick_conversations(
             pick = max(free, key=lambda j: (len(pool[j].pairs), -j))
         used[pick] = True
         out.append((pool[pick], want))
-    if len(out) < cfg.conversations:
-        warn(
-            f"only {len(out)} conversations available; "
-            f"generating {len(out)} of --conversations {cfg.conversations}"
-        )
     return out
 
 
@@ -231,6 +258,7 @@ def generate_conversations(
     """
     source = TurnSource(cfg, codec, rng)
     if convs is None:
+        assert cfg.turns is not None, "a synthetic stand-in has no recorded turns to keep"
         plan: list[tuple[Conversation | None, int]] = [
             (None, cfg.turns[i % len(cfg.turns)]) for i in range(cfg.conversations)
         ]

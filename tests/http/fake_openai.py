@@ -58,6 +58,8 @@ class FakeOpenAI:
     model: str = "fake-model"
     max_model_len: int | None = None  # listed in /v1/models as vLLM does, when set
     flavour: str = "vllm"  # vllm | sglang: which server's /metrics names and cache-reset endpoint
+    metrics_status: int = 200  # anything else: /metrics answers that HTTP status, without a body
+    metrics_delay_s: float = 0.0  # /metrics answers this late (a slow server)
     received: list[Received] = field(default_factory=list)
     port: int = 0
 
@@ -143,6 +145,12 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [card]})
 
     async def metrics(self, request):
+        # gauges follow the requests in flight, so a timeline shows the load: each holds a tenth of the cache
+        running = len(self._inflight)
+        usage = min(1.0, running / 10)
+        await asyncio.sleep(self.metrics_delay_s)
+        if self.metrics_status != 200:
+            return web.Response(status=self.metrics_status)
         if self.flavour == "sglang":  # SGLang's names; cached tokens split by source as SGLang >= 0.5 does
             device = self.hits // 2
             lines = [
@@ -155,7 +163,9 @@ class FakeOpenAI:
                 "# TYPE sglang:time_to_first_token_seconds histogram",
                 f'sglang:time_to_first_token_seconds_sum{{model_name="{self.model}"}} {self.ttft_sum}',
                 f'sglang:time_to_first_token_seconds_count{{model_name="{self.model}"}} {float(self.ttft_count)}',
-                f'sglang:num_running_reqs{{model_name="{self.model}"}} 0.0',
+                f'sglang:num_running_reqs{{model_name="{self.model}"}} {float(running)}',
+                f'sglang:num_queue_reqs{{model_name="{self.model}"}} 0.0',
+                f'sglang:token_usage{{model_name="{self.model}"}} {usage}',
             ]
             return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
         lines = [
@@ -163,7 +173,10 @@ class FakeOpenAI:
             "# TYPE vllm:prefix_cache_queries_total counter",
             f'vllm:prefix_cache_queries_total{{engine="0",model_name="{self.model}"}} {float(self.queries)}',
             f'vllm:prefix_cache_hits_total{{engine="0",model_name="{self.model}"}} {float(self.hits)}',
-            'vllm:kv_cache_usage_perc{engine="0"} 0.0',
+            f'vllm:kv_cache_usage_perc{{engine="0"}} {usage}',
+            f'vllm:num_requests_running{{engine="0"}} {float(running)}',
+            'vllm:num_requests_waiting{engine="0"} 0.0',
+            'vllm:num_preemptions_total{engine="0"} 0.0',
             f'vllm:time_to_first_token_seconds_sum{{engine="0"}} {self.ttft_sum}',
             f'vllm:time_to_first_token_seconds_count{{engine="0"}} {float(self.ttft_count)}',
         ]

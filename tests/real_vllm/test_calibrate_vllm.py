@@ -33,7 +33,8 @@ KV_TOKENS = 2048  # 64 blocks of 32: max-model-len 2016, so every calibration pr
 BLOCK = 32
 PROMPT_LENGTHS = "128,384,768"  # warm prompts add 64; two decode streams of 768 + 8 use 1552 tokens
 TRACE_LENGTHS = [128, 320, 640, 960, 256, 768]
-LOOSE = 3.0  # simulated / measured median TTFT must be within this factor
+LOOSE = 4.0  # simulated / measured median TTFT within this factor (a unit slip is 10x or more; a loaded machine
+# slows the real worker alone, by up to 3x seen with other vLLM workers and tests beside it)
 
 
 def spaced_trace(path, gap_s: float = 1.0, output_tokens: int = 4):
@@ -110,3 +111,36 @@ def test_calibrate_against_real_vllm(tmp_path, vllm_worker, monkeypatch):
     assert np.isfinite(ratio).all() and (ratio > 0).all()
     median = float(np.median(ratio))
     assert 1 / LOOSE < median < LOOSE, (median, simulated["ttft_s"].tolist(), measured["ttft_s"].tolist())
+
+
+def loaded_trace(path, n: int = 24, rate: float = 4.0):
+    """Open-loop arrivals close enough that requests overlap: what the replay fit is for."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for k in range(n):
+        m = int(rng.choice([128, 256, 512]))
+        ids = rng.integers(1000, 16000, m).tolist()
+        rows.append({"request_id": f"q{k}", "arrival_s": k / rate, "session_id": None, "turn": 0, "think_s": 0.0,
+                     "group_id": None, "input_tokens": m, "output_tokens": 8, "user_tokens": m, "prompt": None,
+                     "prompt_token_ids": ids, "hash_ids": block_hashes(np.asarray(ids), 16).tolist()})
+    return write_trace(path, pd.DataFrame(rows), TraceMeta(generator="test", block_size=16))
+
+
+def test_calibrate_refines_on_whole_replays(tmp_path, vllm_worker):
+    """--trace with --replay-rate-scale: lengths from the trace, then replays at two rates fitted by the
+    simulator configured like the worker; the written profile says how much the fit improved."""
+    worker = vllm_worker(eviction="lru", kv_cache_tokens=KV_TOKENS, block_size=BLOCK, seed=0, port=18151)
+    trace = loaded_trace(tmp_path / "q.parquet")
+    out = tmp_path / "replayed.toml"
+    res = CliRunner().invoke(app, [
+        "calibrate", "--target", worker.url, "-o", str(out), "--model", worker.model, "--trace", str(trace),
+        "--replay-rate-scale", "1,3", "--concurrency", "1,2", "--output-tokens", "8", "--repeats", "1",
+        "--seed", "0", "--timeout", "120", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "replay fit: loss" in res.stderr and "3x (real/sim)" in res.stderr
+    fit = tomllib.loads(out.read_text(encoding="utf-8"))["fit"]
+    assert fit["replay_rate_scales"] == [1.0, 3.0]
+    assert 0.0 <= fit["replay_loss_after"] <= fit["replay_loss_before"]
+    prof = load_profile(str(out))
+    assert "refined on whole replays" in prof.source and prof.step_base_s > 0
+    assert prof.fit_range["prompt_tokens_max"] >= 480  # the trace's longest prompts, on whole blocks

@@ -148,7 +148,8 @@ def test_synthetic_rlt_shape(cli, tmp_path):
     assert (df["user_tokens"] == 1024).all()
     _check_history(df)
     meta = read_trace(out).meta
-    assert meta.synthetic and meta.params["turns"] == "2,4,6,8"
+    assert meta.synthetic and meta.params["preset"] == "rlt"
+    assert meta.params["resolved"]["turns"] == [2, 4, 6, 8]
 
 
 def test_without_token_ids_the_hash_ids_are_those_of_the_full_prompts(cli, tmp_path):
