@@ -121,6 +121,7 @@ th{background:#f0f2f5;position:sticky;top:0;font-weight:600}td.t,th.t{text-align
 tr.base td{background:#eef3ff}tr.wl td{background:#fafbfc;font-weight:600;text-align:left;color:#3a4252}
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:middle}
 .better{color:#17803d}.worse{color:#b42318}
+.flag{background:#fde8e8;color:#b42318;border-radius:3px;padding:0 4px;font-size:11px}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
 .chart{background:#fff;border:1px solid #d5d9e0;padding:4px}.chart.wide{grid-column:1/-1}
 .chart p{margin:2px 8px 6px;font-size:12px;color:#5a6272}
@@ -185,7 +186,9 @@ def summary_table_html(report: Report) -> str:
             rows.append(f'<tr class="wl"><td colspan="{len(head)}">workload: {esc(rec["workload"])}</td></tr>')
         run = by_name[rec["run"]]
         marker = " (baseline)" if rec.get("baseline") else ""
-        cells = [f'<td class="t">{_swatch(report.palette(run.combination))}{esc(rec["run"])}{marker}</td>']
+        flag = (f' <span class="flag" title="the numbers cover completed requests only">{esc(rec["flags"])}</span>'
+                if rec.get("flags") else "")
+        cells = [f'<td class="t">{_swatch(report.palette(run.combination))}{esc(rec["run"])}{marker}{flag}</td>']
         for col, _, _, fmt in columns:
             if col == "workload":
                 continue

@@ -42,6 +42,20 @@ def ordered_runs(runs: list[ReportRun]) -> list[ReportRun]:
     return sorted(runs, key=lambda r: first[r.workload_key])
 
 
+def run_flags(run: ReportRun) -> str:
+    """What makes a run's numbers partial, in a few words ("" for a clean run): shown beside its name."""
+    flags = []
+    if run.config.get("interrupted"):
+        flags.append("interrupted")
+    status = run.requests["status"]
+    failed, cancelled = int((status == "error").sum()), int((status == "cancelled").sum())
+    if failed:
+        flags.append(f"{failed} failed")
+    if cancelled:
+        flags.append(f"{cancelled} cancelled")
+    return ", ".join(flags)
+
+
 def summary_row(run: ReportRun) -> dict[str, Any]:
     s = run.summary
     row: dict[str, Any] = {
@@ -59,6 +73,7 @@ def summary_row(run: ReportRun) -> dict[str, Any]:
         "completed": int((run.requests["status"] == "ok").sum()),
         "failed": run.n_failed,
         "hit_rate": run.hit_rate(),
+        "flags": run_flags(run),
     }
     for source in HIT_RATE_SOURCES:
         row[f"hit_rate_{source}"] = run.hit_rate(source)

@@ -60,3 +60,18 @@ def test_twenty_runs_get_short_steep_tick_labels(tmp_path):
     axis = _run_axis(report.runs)
     assert axis["tickangle"] == -60 and len(axis["ticktext"]) == 18
     assert all(not t.startswith("exp/") for t in axis["ticktext"]) and axis["tickvals"][0].startswith("exp/")
+
+
+def test_interrupted_and_failed_runs_are_flagged_beside_their_name(tmp_path):
+    import json
+
+    clean = write_synthetic_run(tmp_path / "clean", name="clean-run", n=40)
+    bad = write_synthetic_run(tmp_path / "bad", name="bad-run", n=40, failed=3, eviction="rlt")
+    cfg = json.loads((bad / "run.json").read_text())
+    cfg["interrupted"] = True
+    (bad / "run.json").write_text(json.dumps(cfg))
+    html, report = make_report([clean, bad])
+    flags = dict(zip(report.table["run"], report.table["flags"]))
+    assert flags == {"clean-run": "", "bad-run": "interrupted, 3 failed"}
+    assert '<span class="flag"' in html and ">interrupted, 3 failed</span>" in html
+    assert html.count('<span class="flag"') == 1
