@@ -29,7 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-KV_TOKENS = 8192
+KV_TOKENS = 8192  # the one-worker TTFT cluster: room for the longest document prompts
+KV_TOKENS_HITS = 4096  # the two-worker clusters: small enough that eviction decides hits
 BLOCK = 32
 ROUTERS = "cache_aware,round_robin"
 CALIBRATE_SCALES = "0.5,1,2"
@@ -57,10 +58,10 @@ def kvbench(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
     return res
 
 
-def cluster(name: str, workers: int, eviction: str, port: int, root: Path, model: Path) -> Path:
+def cluster(name: str, workers: int, eviction: str, port: int, root: Path, model: Path, kv_tokens: int) -> Path:
     out = root / f"{name}.json"
     kvbench("cluster", "up", "--workers", str(workers), "--eviction", eviction, "--model", str(model),
-            "--kv-cache-tokens", str(KV_TOKENS), "--block-size", str(BLOCK), "--cpu", "--base-port", str(port),
+            "--kv-cache-tokens", str(kv_tokens), "--block-size", str(BLOCK), "--cpu", "--base-port", str(port),
             "-o", str(out))
     return out
 
@@ -148,7 +149,7 @@ def main() -> None:
     clusters: list[Path] = []
     ttft, hits, orders = [], [], []
     try:
-        one = cluster("one", 1, "lru", args.base_port, root, model)
+        one = cluster("one", 1, "lru", args.base_port, root, model, KV_TOKENS)
         clusters.append(one)
         profile = root / "calibrated.toml"
         kvbench("calibrate", "--target", json.loads(one.read_text())["endpoints"][0], "-o", str(profile),
@@ -160,9 +161,9 @@ def main() -> None:
             ttft += ttft_rows(name, rec)
         kvbench("cluster", "down", str(one))
         clusters.remove(one)
-        lru = cluster("lru", 2, "lru", args.base_port + 10, root, model)
+        lru = cluster("lru", 2, "lru", args.base_port + 10, root, model, KV_TOKENS_HITS)
         clusters.append(lru)
-        rlt = cluster("rlt", 2, "rlt", args.base_port + 20, root, model)
+        rlt = cluster("rlt", 2, "rlt", args.base_port + 20, root, model, KV_TOKENS_HITS)
         clusters.append(rlt)
         for name, path in traces.items():
             rec = validate(path, f"{lru},{rlt}", ROUTERS, profile, repeats, root / "hits" / name,
