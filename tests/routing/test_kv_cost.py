@@ -26,8 +26,8 @@ def rq(rid, first_hash, blocks, output=4, tokens=None):
     return RouteRequest(rid, blocks * BS if tokens is None else tokens, output, hashes)
 
 
-def kv_cost(preset="dynamo", workers=2, **params):
-    return make_router("kv_cost", RouterConfig(workers=workers, block_size=BS, seed=0,
+def kv_cost(preset="dynamo", workers=2, seed=0, **params):
+    return make_router("kv_cost", RouterConfig(workers=workers, block_size=BS, seed=seed,
                                                 params={"preset": preset, **params}))
 
 
