@@ -128,7 +128,10 @@ def test_sigint_kvbench_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     from pathlib import Path
 
     spec = Path(__file__).resolve().parents[1] / "workloads" / "quickstart.toml"
-    base = [sys.executable, "-m", "kvbench", "run", str(spec), "--reduced", "--jobs", "1", "--no-report"]
+    # eight seeds (48 runs, several seconds) so that the signal, sent once the first run has finished, lands
+    # in the middle however late a busy machine lets this process see that first run
+    base = [sys.executable, "-m", "kvbench", "run", str(spec), "--reduced", "--jobs", "1", "--no-report",
+            "--seeds", "0,1,2,3,4,5,6,7"]
     clean = subprocess.run([*base, "-o", str(tmp_path / "clean")], capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "cut"
