@@ -294,7 +294,6 @@ class ClusterSimulator:
         self.events: list[tuple[float, int, int, object]] = []
         self.seq = 0
         self.now = 0.0
-        self.finished = 0
         # called with each event's time before the event is handled (--scrape-interval's SimSampler)
         self.on_time: Callable[[float], None] | None = None
 
@@ -386,7 +385,6 @@ class ClusterSimulator:
         self._start_step(worker, now)
 
     def _finish(self, r: SimRequest, now: float) -> None:
-        self.finished += 1
         nxt = r.next_turn
         if nxt is not None:  # closed loop: the session's next turn after its think time
             self.release(nxt, now + nxt.think_s)
