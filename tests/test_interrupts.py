@@ -135,7 +135,10 @@ def test_sigint_kvbench_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     clean = subprocess.run([*base, "-o", str(tmp_path / "clean")], capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "cut"
-    proc = subprocess.Popen([*base, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as a foreground command gets Ctrl-C: default disposition, whatever this test process inherited (a
+    # background job of a shell without job control starts with SIGINT ignored, and children inherit that)
+    proc = subprocess.Popen([*base, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.glob("runs/**/job.key")):
         assert proc.poll() is None and time.monotonic() < deadline, "no run finished"

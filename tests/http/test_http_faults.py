@@ -83,6 +83,16 @@ def test_worker_dying_mid_run(tmp_path, fake_server):
 
 
 def test_ctrl_c_keeps_what_was_gathered(tmp_path, fake_server):
+    # a process started in the background by a shell without job control inherits SIGINT ignored; a user's
+    # Ctrl-C reaches a foreground process with Python's default handler, which is what is tested here
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_keeps_what_was_gathered(tmp_path, fake_server)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _ctrl_c_keeps_what_was_gathered(tmp_path, fake_server):
     srv = fake_server(token_delay_s=0.02)
     # r0-r2 are short; every later request streams 100 tokens (2 s), so a Ctrl-C pressed on a first token
     # always finds that request in flight; arrivals 0.25 s apart leave requests unsent whatever the load
