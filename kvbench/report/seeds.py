@@ -36,14 +36,24 @@ def _setting(run: ReportRun) -> tuple:
     return (run.workload_key, run.target_kind, run.n_workers, run.cache_tokens, run.time_scale)
 
 
+_SHOWN = {2: "workers", 3: "cache", 4: "time scale"}  # _setting positions that can tell settings apart
+
+
+def _varied(keys) -> set[int]:
+    return {i for i in _SHOWN if len({k[i] for k in keys}) > 1}
+
+
+def _setting_label(key: tuple, varied: set[int]) -> str:
+    return ", ".join(f"{_SHOWN[i]} {key[i]}" for i in sorted(varied))
+
+
 def setting_groups(runs: list[ReportRun]) -> list[tuple[str, list[ReportRun]]]:
     """Runs split by setting, each labelled by what varies between settings ("" when nothing does)."""
     by: dict[tuple, list[ReportRun]] = {}
     for run in runs:
         by.setdefault(_setting(run), []).append(run)
-    varied = {i for i in (2, 3, 4) if len({k[i] for k in by}) > 1}
-    names = {2: "workers", 3: "cache", 4: "time scale"}
-    return [(", ".join(f"{names[i]} {k[i]}" for i in sorted(varied)), members) for k, members in by.items()]
+    varied = _varied(by)
+    return [(_setting_label(k, varied), members) for k, members in by.items()]
 
 
 def _seed(run: ReportRun) -> int | None:
@@ -55,15 +65,6 @@ def _value(run: ReportRun, metric: str) -> float | None:
     return run.hit_rate() if metric == "hit_rate" else _num(run.summary.get(metric))
 
 
-def _label(run: ReportRun, varied: set[int]) -> str:
-    parts = [run.combination.label]
-    names = ("workers", "cache", "time scale")
-    for i, value in zip((2, 3, 4), (run.n_workers, run.cache_tokens, run.time_scale)):
-        if i in varied:
-            parts.append(f"{names[i - 2]} {value}")
-    return ", ".join(parts)
-
-
 def seed_groups(runs: list[ReportRun], baseline: ReportRun | None = None) -> list[SeedGroup]:
     """Groups with at least two distinct seeds, in the runs' order."""
     by_key: dict[tuple, list[ReportRun]] = {}
@@ -71,13 +72,13 @@ def seed_groups(runs: list[ReportRun], baseline: ReportRun | None = None) -> lis
         if _seed(run) is not None:
             by_key.setdefault((*_setting(run), run.combination), []).append(run)
     keys = [k for k, members in by_key.items() if len({_seed(r) for r in members}) >= 2]
-    varied = {i for i in (2, 3, 4) if len({k[i] for k in keys}) > 1}
+    varied = _varied(keys)
     base_key = None if baseline is None else (*_setting(baseline), baseline.combination)
     base_runs = by_key.get(base_key, []) if base_key is not None else []
     groups = []
     for key in keys:
         members = by_key[key]
-        group = SeedGroup(_label(members[0], varied), members)
+        group = SeedGroup(", ".join(filter(None, [key[-1].label, _setting_label(key, varied)])), members)
         for metric, _, _ in METRICS:
             group.stats[metric] = seed_stats([_value(r, metric) for r in members])
         if base_runs and key[:-1] == base_key[:-1] and key != base_key:

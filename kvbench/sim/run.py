@@ -33,11 +33,14 @@ def _none(v: Any) -> Any:
     return v
 
 
-def build_requests(trace: Trace, spec: ReplaySpec) -> tuple[list[SimRequest], list[tuple[float, SimRequest]]]:
+def build_requests(trace: Trace, spec: ReplaySpec, order: np.ndarray | None = None
+                   ) -> tuple[list[SimRequest], list[tuple[float, SimRequest]]]:
     """Requests in replay order, sessions chained turn to turn; returns them and the open-loop releases.
-    With ``--warmup`` the warm-up's requests come first (see :func:`replay_positions`)."""
+    With ``--warmup`` the warm-up's requests come first (``order``: :func:`replay_positions`' rows, if the
+    caller has them already)."""
     df = trace.df
-    order = replay_positions(trace, spec)[0]
+    if order is None:
+        order = replay_positions(trace, spec)[0]
     hashes = trace.hash_ids_at(spec.block_size)
     cols = {c: df[c].to_numpy() for c in ("request_id", "input_tokens", "output_tokens", "session_id", "turn",
                                           "arrival_s", "think_s", "prompt", "prompt_token_ids")}
@@ -139,8 +142,8 @@ class _Pass:
     def __init__(self, spec: ReplaySpec, trace: Trace, profile: LatencyProfile, capacity: int | None,
                  futures: list[tuple[list[list[int]], list[int]]] | None = None,
                  replay: list[int] | None = None, label: str = "") -> None:
-        self.reqs, first = build_requests(trace, spec)
-        self.n_warmup = replay_positions(trace, spec)[1]  # build_requests numbered them first
+        order, self.n_warmup = replay_positions(trace, spec)  # the warm-up's requests are numbered first
+        self.reqs, first = build_requests(trace, spec, order)
         self.barrier_s: float | None = None
         self.shift_s: float | None = None
         self._at_barrier: list[CacheStats] | None = None
