@@ -46,11 +46,11 @@ def main() -> None:
     from kvbench.trace import read_trace
     from kvbench.workloads.arrivals import ArrivalSpec
     from kvbench.workloads.build import build_table
-    from kvbench.workloads.gsp import PRESETS, GspConfig, generate_gsp
+    from kvbench.workloads.gsp import PRESETS, GspSettings, generate_gsp
     from kvbench.workloads.text import TextCodec
 
     p = PRESETS["rlt"]
-    groups, per_group = (16, 8) if args.quick else (p["groups"], p["prompts_per_group"])
+    groups, per_group = (16, 8) if args.quick else (p.groups, p.prompts_per_group)
     size_args = ["--groups", str(groups), "--prompts-per-group", str(per_group)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gsp.parquet"
@@ -66,13 +66,13 @@ def main() -> None:
         n_tokens = int(trace.df["input_tokens"].sum())
         size_mb = out.stat().st_size / 1e6
 
-        cfg = GspConfig(
+        cfg = GspSettings(
             groups,
             per_group,
-            p["lengths"],
-            p["shared_fraction"],
+            list(p.lengths),
+            p.shared_fraction,
             None,
-            None,  # type: ignore[arg-type]
+            None,
             "random",
             4,
             ArrivalSpec("poisson", 12.0),

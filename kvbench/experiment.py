@@ -43,16 +43,20 @@ import json
 import re
 import types
 import typing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
 from kvbench.errors import KvbenchError, fail, interrupted
 from kvbench.fsutil import read_toml, write_text_atomic
-from kvbench.replay import ReplaySpec
+from kvbench.jobs import Job as RunJob
+from kvbench.jobs import run_jobs
+from kvbench.resolve import resolve_evictions, validate_spec
+from kvbench.spec import ReplaySpec
+from kvbench.workloads import CONFIGS, GenerateConfig, generate, parse_config
 
 SUMMARY_METRICS = (
     "hit_rate",
@@ -109,33 +113,115 @@ def _check_replay_type(where: str, key: str, value: Any) -> None:
     raise fail(f"{where}: [replay] {key} = {value!r} must be {'an' if names[0] in 'aeiou' else 'a'} {names}")
 
 
+def _seed_list(value: Any) -> Any:
+    if not isinstance(value, list) or not value or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                              for s in value):
+        raise ValueError("seeds must be a non-empty list of integers")
+    return value
+
+
+Seeds = Annotated[list[int], BeforeValidator(_seed_list)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateTable(_Table):
+    """``[generate]``: a `kvbench generate KIND` call; args are its options without dashes (checked against
+    the source's config model, kvbench.workloads.configs, once [reduced] and the sweep are applied)."""
+
+    kind: str
+    args: dict[str, Any] = {}
+
+
+class SweepTable(_Table):
+    field: str | None = None  # a ReplaySpec field, or "generate.<option>"
+    values: list[Any] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepTable:
+        if self.field is not None:
+            if not self.values:
+                raise ValueError("[sweep] needs values = [...]")
+            if not (self.field.startswith("generate.") or self.field in _REPLAY_FIELDS):
+                raise ValueError(f"[sweep] field '{self.field}' is neither a replay field nor generate.<option>")
+        return self
+
+
+class ReducedTable(_Table):
+    generate: dict[str, Any] = {}
+    replay: dict[str, Any] = {}
+    seeds: Seeds | None = None
+    sweep_values: list[Any] | None = None
+
+
+class ExperimentSpec(_Table):
+    """A spec file (workloads/*.toml) as written; :func:`load_spec` applies [reduced] and checks [replay]."""
+
+    name: str
+    title: str | None = None
+    source: str = ""
+    offline: str = ""
+    seeds: Seeds = [0]
+    generate: GenerateTable
+    replay: dict[str, Any]  # ReplaySpec fields shared by every combination (checked by load_spec)
+    sweep: SweepTable | None = None
+    reduced: ReducedTable | None = None
+    paper: dict[str, Any] = {}
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _plain_name(cls, value: Any) -> Any:
+        # the name becomes a folder under results/: "../x" or "a/b" would write elsewhere
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"name {value!r} must be a plain folder name (letters, digits, '.', '_', '-')")
+        return value
+
+    @field_validator("generate", mode="before")
+    @classmethod
+    def _has_kind(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "kind" not in value:
+            raise ValueError(f"[generate] needs kind = {' | '.join(map(repr, CONFIGS))}".replace("'", '"'))
+        return value
+
+
+def _spec_error(exc: ValidationError, where: str) -> KvbenchError:
+    """The first problem in a spec file as one line naming the file and the key."""
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "value_error":
+        return fail(f"{where}: {err['ctx']['error']}")
+    if err["type"] == "missing":
+        return fail(f"{where}: missing '{key}'; see the module docstring of kvbench.experiment")
+    if err["type"] == "extra_forbidden":
+        return fail(f"{where}: unknown key '{key}'; see the module docstring of kvbench.experiment")
+    return fail(f"{where}: {key} = {err['input']!r}: {err['msg'][0].lower()}{err['msg'][1:]}")
+
+
 def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
     p = Path(path)
     if not p.exists():
         raise fail(f"{p}: no such spec file; see workloads/ for examples")
-    data = read_toml(p, str(p))
     where = str(p)
-    for key in ("name", "generate", "replay"):
-        if key not in data:
-            raise fail(f"{where}: missing '{key}'; see the module docstring of kvbench.experiment")
-    if not isinstance(data["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", data["name"]):
-        # the name becomes a folder under results/: "../x" or "a/b" would write elsewhere
-        raise fail(f"{where}: name {data['name']!r} must be a plain folder name (letters, digits, '.', '_', '-')")
+    try:
+        spec = ExperimentSpec.model_validate(read_toml(p, where))
+    except ValidationError as exc:
+        raise _spec_error(exc, where) from None
+    gen_args = dict(spec.generate.args)
+    replay = dict(spec.replay)
+    seeds = spec.seeds
+    sweep = spec.sweep or SweepTable()
+    sweep_values = list(sweep.values)
     if reduced:
-        small = data.get("reduced")
-        if not isinstance(small, dict):
+        small = spec.reduced
+        if small is None:
             raise fail(f"{where}: no [reduced] table; add one to run --reduced")
-        data["generate"] = {**data["generate"], "args": {**data["generate"].get("args", {}),
-                                                         **small.get("generate", {})}}
-        data["replay"] = {**data["replay"], **small.get("replay", {})}
-        if "seeds" in small:
-            data["seeds"] = small["seeds"]
-        if "sweep_values" in small and data.get("sweep"):
-            data["sweep"] = {**data["sweep"], "values": small["sweep_values"]}
-    gen = data["generate"]
-    if "kind" not in gen:
-        raise fail(f"{where}: [generate] needs kind = \"gsp\" | \"docqa\" | \"conversation\" | \"trace\"")
-    replay = dict(data["replay"])
+        gen_args.update(small.generate)
+        replay.update(small.replay)
+        seeds = small.seeds or seeds
+        if small.sweep_values is not None and sweep.field is not None:
+            sweep_values = list(small.sweep_values)
     unknown = set(replay) - _REPLAY_FIELDS
     if unknown:
         raise fail(f"{where}: unknown [replay] field(s) {', '.join(sorted(unknown))}; "
@@ -156,37 +242,25 @@ def load_spec(path: str | Path, reduced: bool = False) -> Experiment:
         lists[key] = vals
     for key, value in replay.items():
         _check_replay_type(where, key, value)
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds:
-        raise fail(f"{where}: seeds must be a non-empty list of integers")
-    sweep = data.get("sweep") or {}
-    sweep_field = sweep.get("field")
-    sweep_values = list(sweep.get("values", []))
-    if sweep_field is not None:
-        if not sweep_values:
-            raise fail(f"{where}: [sweep] needs values = [...]")
-        if not (sweep_field.startswith("generate.") or sweep_field in _REPLAY_FIELDS):
-            raise fail(f"{where}: [sweep] field '{sweep_field}' is neither a replay field nor generate.<option>")
-    return Experiment(
-        name=str(data["name"]), path=p, title=str(data.get("title", data["name"])), source=str(data.get("source", "")),
-        offline=str(data.get("offline", "")), seeds=seeds, gen_kind=str(gen["kind"]), gen_args=dict(gen.get("args", {})),
-        replay=replay, evictions=lists["eviction"], routers=lists["router"], sweep_field=sweep_field,
-        sweep_values=sweep_values, paper=dict(data.get("paper", {})),
+    exp = Experiment(
+        name=spec.name, path=p, title=spec.title if spec.title is not None else spec.name, source=spec.source,
+        offline=spec.offline, seeds=seeds, gen_kind=spec.generate.kind, gen_args=gen_args,
+        replay=replay, evictions=lists["eviction"], routers=lists["router"], sweep_field=sweep.field,
+        sweep_values=sweep_values, paper=dict(spec.paper),
         router_params=per_name["router_params"], eviction_params=per_name["eviction_params"],
     )
+    for value in exp.sweep_values if exp.sweep_field else [None]:  # every option error before any work
+        _gen_config(exp, seeds[0], value)
+    return exp
 
 
-def _cli_args(args: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for key, val in args.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(val, bool):
-            out.append(flag if val else "--no-" + key.replace("_", "-"))
-        elif isinstance(val, list):
-            out += [flag, ",".join(str(v) for v in val)]
-        else:
-            out += [flag, str(val)]
-    return out
+def _gen_config(exp: Experiment, seed: int, sweep_value: Any) -> GenerateConfig:
+    """The trace's config: the spec's [generate] args, the swept option if any, and the seed."""
+    args = dict(exp.gen_args)
+    if exp.sweep_field and exp.sweep_field.startswith("generate."):
+        args[exp.sweep_field.split(".", 1)[1]] = sweep_value
+    args["seed"] = seed
+    return parse_config(exp.gen_kind, args, where=f"{exp.path}: [generate]")
 
 
 def _value_tag(value: Any) -> str:
@@ -244,28 +318,24 @@ def key_jobs(jobs: list[Job]) -> None:
         job.key = hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tuple[Path, list[str]]], list[Job]]:
-    """Traces to generate (path, CLI argv) and replay jobs, in a stable order."""
-    gens: dict[Path, list[str]] = {}
+def plan(exp: Experiment, out: Path, target: str | None = None
+         ) -> tuple[list[tuple[Path, GenerateConfig]], list[Job]]:
+    """Traces to generate (path, config) and replay jobs, in a stable order."""
+    gens: dict[Path, GenerateConfig] = {}
     jobs: list[Job] = []
     values = exp.sweep_values if exp.sweep_field else [None]
     evictions = exp.evictions
     if target and target != "sim":
-        from kvbench.replay import resolve_evictions
-
         evictions = resolve_evictions(None, target)  # a real cluster's policy is fixed when it starts
     for value in values:
-        gen_args = dict(exp.gen_args)
         replay = dict(exp.replay)
-        if exp.sweep_field and exp.sweep_field.startswith("generate."):
-            gen_args[exp.sweep_field.split(".", 1)[1]] = value
-        elif exp.sweep_field:
+        if exp.sweep_field and not exp.sweep_field.startswith("generate."):
             replay[exp.sweep_field] = value
         vtag = "" if value is None else f"{exp.sweep_field.split('.')[-1]}={_value_tag(value)}"
         for seed in exp.seeds:
             gen_tag = f"seed{seed}" + (f"-{vtag}" if vtag and exp.sweep_field.startswith("generate.") else "")
             trace = out / "traces" / f"{gen_tag}.parquet"
-            gens[trace] = ["generate", exp.gen_kind, *_cli_args(gen_args), "--seed", str(seed), "-o", str(trace)]
+            gens[trace] = _gen_config(exp, seed, value)
             for ev, rt in itertools.product(evictions, exp.routers):
                 run_dir = out / "runs" / (vtag or "base") / f"{ev}-{rt}" / f"seed{seed}"
                 real = bool(target) and target != "sim"  # a real cluster's policy parameters are its own
@@ -280,20 +350,8 @@ def plan(exp: Experiment, out: Path, target: str | None = None) -> tuple[list[tu
     return list(gens.items()), jobs
 
 
-def _generate(argv: list[str]) -> None:
-    from kvbench.cli import app
-
-    try:
-        code = app(argv, standalone_mode=False)
-    except SystemExit as exc:  # typer exits 0 on success in some paths
-        code = exc.code
-    if code == 130:  # typer hands back an interrupt as exit status 130
-        raise KeyboardInterrupt
-    if code not in (0, None):
-        raise fail(f"generating {argv[-1]} failed (exit {code})")
-
-
 def _run_job(spec: ReplaySpec, key: str) -> str:
+    """One replay in a worker process; its key is written last, so only a finished run counts as done."""
     from kvbench.replay import run_replay
 
     (spec.output / KEY_FILE).unlink(missing_ok=True)  # until this run finishes, the folder holds no finished run
@@ -302,47 +360,36 @@ def _run_job(spec: ReplaySpec, key: str) -> str:
     return str(spec.output)
 
 
-def _trace_is_current(path: Path, argv: list[str]) -> bool:
-    """A trace is reused only if it was generated by exactly these arguments (the spec may have changed)."""
-    sidecar = path.with_name(path.name + ".argv.json")
+def _config_text(config: GenerateConfig) -> str:
+    """What a trace was generated from, kept beside it as ``<trace>.config.json``."""
+    return json.dumps({"kind": config.kind, "config": config.model_dump()}, sort_keys=True, default=str) + "\n"
+
+
+def _trace_is_current(path: Path, config: GenerateConfig) -> bool:
+    """A trace is reused only if it was generated from exactly this config (the spec may have changed).
+
+    A results folder from before the configs (an ``.argv.json`` beside the trace) regenerates its traces
+    once; the same options give the same bytes, so the job keys and the finished runs still hold."""
     try:
-        return path.is_file() and json.loads(sidecar.read_text(encoding="utf-8")) == argv
-    except (OSError, UnicodeDecodeError, ValueError):
+        return path.is_file() and _sidecar(path).read_text(encoding="utf-8") == _config_text(config)
+    except (OSError, UnicodeDecodeError):
         return False
 
 
+def _sidecar(trace: Path) -> Path:
+    return trace.with_name(trace.name + ".config.json")
+
+
 def _run_jobs(name: str, todo: list[Job], jobs_n: int, bar: Any) -> int:
-    """Run the jobs (in parallel processes when jobs_n > 1); returns how many finished."""
+    """Run the jobs through kvbench.jobs (the sweep's runner); returns how many finished.
+
+    Every spec was validated before the traces were generated, so no check is repeated here. The first
+    failure stops the rest: a rerun resumes from the finished ones."""
     if not todo:
         return 0
-    done_now = 0
-    t = bar.add_task(f"{name}: runs", total=len(todo))
-    if jobs_n <= 1:
-        for job in todo:
-            _run_job(job.spec, job.key)
-            done_now += 1
-            bar.advance(t)
-        return done_now
-    with ProcessPoolExecutor(max_workers=jobs_n) as pool:
-        pending = {pool.submit(_run_job, j.spec, j.key): j for j in todo}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    job = pending.pop(fut)
-                    try:
-                        fut.result()
-                    except (KvbenchError, KeyboardInterrupt):
-                        raise
-                    except Exception as exc:
-                        raise fail(f"{job.spec.name}: replay failed ({type(exc).__name__}: {exc})") from None
-                    done_now += 1
-                    bar.advance(t)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-    return done_now
+    runs = [RunJob(job.spec.name or str(job.spec.output), job.spec.output, _run_job, (job.spec, job.key))
+            for job in todo]
+    return len(run_jobs(runs, jobs_n, keep_going=False, bar=bar, name=name))
 
 
 def summarise(exp: Experiment, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -392,7 +439,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
                    seeds: list[int] | None = None, report: bool = True, progress: bool = True,
                    reduced: bool = False) -> dict[str, Any]:
     """Run (or resume) an experiment; returns counts of what was done."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from kvbench.progress import progress_bar
 
     exp = load_spec(spec_path, reduced=reduced)
     if seeds:
@@ -401,31 +448,30 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
     if target and target != "sim":
         jobs_n = 1  # replays against one set of real servers must not overlap (each resets the others' caches)
     generations, jobs = plan(exp, out, target)
-    from kvbench.replay import validate_spec
-
     for job in jobs:  # every flag error before any trace is generated or folder made
         validate_spec(job.spec)
-    todo_gen = [(p, argv) for p, argv in generations if not _trace_is_current(p, argv)]
-    done_now = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=False) as bar:
-        if todo_gen:
-            t = bar.add_task(f"{exp.name}: traces", total=len(todo_gen))
-            for path, argv in todo_gen:
-                try:
-                    _generate(argv)
-                except KeyboardInterrupt:
-                    raise interrupted(f"while generating {path.name}; rerun the same command to resume") from None
-                write_text_atomic(path.with_name(path.name + ".argv.json"), json.dumps(argv) + "\n")
-                bar.advance(t)
-        key_jobs(jobs)
-        todo = [j for j in jobs if not j.done]
-        try:
+    todo_gen = [(p, config) for p, config in generations if not _trace_is_current(p, config)]
+    generating: Path | None = None
+    try:  # the bar is closed before the interrupt is announced, so the announcement is stderr's last line
+        with progress_bar(enabled=progress) as bar:
+            if todo_gen:
+                t = bar.add_task(f"{exp.name}: traces", total=len(todo_gen))
+                for generating, config in todo_gen:
+                    generate(config.kind, config, generating)
+                    write_text_atomic(_sidecar(generating), _config_text(config))
+                    # the old sidecar, now stale
+                    generating.with_name(generating.name + ".argv.json").unlink(missing_ok=True)
+                    bar.advance(t)
+                generating = None
+            key_jobs(jobs)
+            todo = [j for j in jobs if not j.done]
             done_now = _run_jobs(exp.name, todo, jobs_n, bar)
-        except KeyboardInterrupt:
-            finished = sum(j.done for j in jobs)
-            raise interrupted(f"{finished} of {len(jobs)} runs finished and kept under {out}; "
-                              f"rerun the same command to resume") from None
+    except KeyboardInterrupt:
+        if generating is not None:
+            raise interrupted(f"while generating {generating.name}; rerun the same command to resume") from None
+        finished = sum(j.done for j in jobs)
+        raise interrupted(f"{finished} of {len(jobs)} runs finished and kept under {out}; "
+                          f"rerun the same command to resume") from None
     rows = summarise(exp, jobs)
     csv_path = out / "summary.csv"
     wrote = False

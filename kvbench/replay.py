@@ -1,10 +1,10 @@
 """`kvbench replay`: one trace x one (eviction, router) combination against a target.
 
 The target is the simulator (``sim``), comma-separated OpenAI-compatible URLs, or a cluster.json written by
-``kvbench cluster up``. Both backends return rows in the result schema; this module adds the shared
-configuration, computes the summary once and writes the run atomically. Comma lists of ``--eviction`` and
-``--router`` run the cross product as a sweep (one result directory per combination, in parallel processes
-for the simulator).
+``kvbench cluster up``. A replay goes spec -> resolve -> plan -> backend -> record (kvbench.spec,
+kvbench.resolve, kvbench.plan, the backend, kvbench.record); this module holds the command and the thin
+:func:`run_replay` that chains them. Comma lists of ``--eviction`` and ``--router`` run the cross product as a
+sweep (one result directory per combination, through kvbench.jobs).
 """
 
 from __future__ import annotations
@@ -13,271 +13,29 @@ import contextlib
 import itertools
 import math
 import os
-import shutil
-import signal
-import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import pandas as pd
 import typer
 
-from kvbench.errors import KvbenchError, fail, interrupted
+from kvbench.errors import fail, interrupted
 from kvbench.params import parse_key_values
+from kvbench.record import BackendResult, check_output, write_record
+from kvbench.resolve import Resolved, check_block_multiple, resolve, resolve_evictions, split_list, validate_spec
+from kvbench.spec import ReplaySpec
 
 
-MAX_SIM_WORKERS = 1024
-
-
-@dataclass
-class ReplaySpec:
-    trace: Path
-    output: Path
-    target: str = "sim"  # "sim" | "http://a,http://b" | path/to/cluster.json
-    eviction: str | None = None  # None: the target's own (simulator: lru; a real cluster: what it runs)
-    router: str = "round_robin"
-    seed: int = 0
-    workers: int = 4  # simulator only; the HTTP path uses one worker per URL
-    cache_tokens: int | None = None  # per-worker KV capacity in tokens; None = unbounded (simulator)
-    block_size: int = 16
-    router_params: dict[str, Any] = field(default_factory=dict)
-    eviction_params: dict[str, Any] = field(default_factory=dict)
-    profile: str = "default"  # simulator latency profile: built-in name or a TOML path
-    max_batched_tokens: int = 8192
-    max_num_seqs: int = 256
-    time_scale: float = 1.0  # multiply trace arrival times (0.5 = twice as fast)
-    max_requests: int | None = None
-    # the first requests (whole sessions, see trace.warmup_mask) run before a barrier and are in no metric;
-    # they count towards max_requests
-    warmup: int = 0
-    name: str | None = None
-    # HTTP path
-    history: str = "recorded"  # recorded | generated (closed-loop sessions)
-    timeout_s: float = 600.0
-    max_concurrency: int | None = None
-    reset_cache: bool = True
-    model: str | None = None
-    api: str = "completions"  # completions | chat
-    progress: bool = True
-    chunked_prefill: bool = True  # simulator: split long prompts across steps (vLLM v1's default)
-    goodput: dict[str, float] = field(default_factory=dict)  # SLOs in ms: ttft, tpot, e2el
-    headers: dict[str, str] = field(default_factory=dict)  # HTTP: sent with every request
-    api_key: str | None = None  # HTTP: sent as "Authorization: Bearer KEY"
-    extra_body: dict[str, Any] = field(default_factory=dict)  # HTTP: merged into every request body
-    scrape_interval_s: float | None = None  # write timeline.parquet: server (or simulated) state every N s
-
-    @property
-    def is_sim(self) -> bool:
-        return self.target == "sim"
-
-    def to_config(self) -> dict[str, Any]:
-        from kvbench.http.request_options import redacted
-
-        d = asdict(self)
-        d["trace"] = str(self.trace)
-        d["output"] = str(self.output)
-        d.pop("progress", None)
-        d.update(redacted(self.headers, self.api_key))  # names only: secrets never reach run.json
-        return d
-
-
-@dataclass
-class BackendResult:
-    """What a backend hands back: rows in the result schema, worker names, extra config and hit rates."""
-
-    rows: pd.DataFrame
-    workers: list[str]
-    config: dict[str, Any] = field(default_factory=dict)
-    hit_rates: dict[str, float | None] = field(default_factory=dict)
-    interrupted: bool = False
-    block_size: int | None = None  # the block size the backend really used (a server's own), if known
-    timeline: pd.DataFrame | None = None  # --scrape-interval: rows of kvbench.timeline.TIMELINE_SCHEMA
-
-
-
-
-# ----------------------------------------------------------------------------------------- validation
-def validate_spec(spec: ReplaySpec) -> None:
-    """Check every value against its flag before any work starts (one line naming the flag)."""
-    from kvbench.cache import POLICIES
-    from kvbench.routing import ROUTERS, RouterConfig, make_router
-
-    checks = [
-        (spec.block_size >= 1, f"--block-size {spec.block_size}: must be a positive number of tokens"),
-        (spec.cache_tokens is None or spec.cache_tokens >= spec.block_size,
-         f"--cache-tokens {spec.cache_tokens}: must hold at least one block ({spec.block_size} tokens); "
-         f"omit it for an unbounded cache"),
-        (spec.max_batched_tokens >= 1, f"--max-batched-tokens {spec.max_batched_tokens}: must be >= 1"),
-        (spec.max_num_seqs >= 1, f"--max-num-seqs {spec.max_num_seqs}: must be >= 1"),
-        (spec.time_scale > 0, f"--time-scale {spec.time_scale}: must be > 0 (0.5 replays twice as fast)"),
-        (spec.max_requests is None or spec.max_requests >= 1, f"--max-requests {spec.max_requests}: must be >= 1"),
-        (spec.warmup >= 0, f"--warmup {spec.warmup}: must be >= 0 (the number of warm-up requests)"),
-        (spec.history in ("recorded", "generated"), f"--history {spec.history}: use 'recorded' or 'generated'"),
-        (spec.api in ("completions", "chat"), f"--api {spec.api}: use 'completions' or 'chat'"),
-        (spec.timeout_s > 0, f"--timeout {spec.timeout_s}: must be positive"),
-        (spec.max_concurrency is None or spec.max_concurrency >= 1,
-         f"--max-concurrency {spec.max_concurrency}: must be at least 1"),
-    ]
-    if spec.is_sim:
-        checks.append((not spec.headers and not spec.extra_body,
-                       "--header/--extra-body: the simulator sends no requests; use them with a real --target"))
-        checks.append((spec.workers >= 1, f"--workers {spec.workers}: the simulator needs at least one worker"))
-        checks.append((spec.workers <= MAX_SIM_WORKERS,
-                       f"--workers {spec.workers}: the simulator takes at most {MAX_SIM_WORKERS} workers"))
-    for ok, message in checks:
-        if not ok:
-            raise fail(message)
-    from kvbench.goodput import check_goodput
-    from kvbench.http.request_options import check_extra_body, check_headers
-
-    check_goodput(spec.goodput)
-    from kvbench.timeline import check_interval
-
-    check_interval(spec.scrape_interval_s)
-    check_headers(spec.headers)
-    check_extra_body(spec.extra_body)
-    if spec.router not in ROUTERS:
-        raise fail(f"--router {spec.router}: unknown router (known: {', '.join(ROUTERS)})")
-    if spec.eviction not in POLICIES and (spec.is_sim or spec.eviction != SERVER_EVICTION):
-        raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
-    make_router(spec.router, RouterConfig(workers=max(spec.workers, 1), block_size=spec.block_size,
-                                          seed=spec.seed, params=dict(spec.router_params)))
-    if spec.is_sim:
-        from kvbench.cache import make_policy, policy_params
-        from kvbench.sim.latency import load_profile
-
-        params = policy_params(spec.eviction, spec.eviction_params)  # errors name the flag and parameter
-        make_policy(spec.eviction, seed=spec.seed, future=[[]], **params)
-        load_profile(spec.profile)
-
-
-def check_cache_fits(spec: ReplaySpec, trace) -> None:
-    """Refuse a simulated cache that cannot hold the largest request: every such request would fail."""
-    import numpy as np
-
-    from kvbench.trace import replay_order
-
-    if not spec.is_sim or spec.cache_tokens is None:
-        return
-    df = trace.df if spec.max_requests is None else trace.df.iloc[replay_order(trace.df)[: spec.max_requests]]
-    # KV slots as vLLM allocates them: the prompt and every generated token but the last
-    slots = df["input_tokens"].to_numpy() + np.maximum(df["output_tokens"].to_numpy(), 1) - 1
-    need = -(-slots // spec.block_size) * spec.block_size
-    # vLLM (and the simulator) set one block aside as the null block
-    capacity = (spec.cache_tokens // spec.block_size - 1) * spec.block_size
-    too_big = int((need > capacity).sum())
-    if not too_big:
-        return
-    fits_all = int(need.max()) + spec.block_size
-    hint = (f"the largest needs {int(need.max())} tokens of KV cache plus vLLM's null block "
-            f"(use --cache-tokens {fits_all} or more to fit all)")
-    if too_big == len(df):
-        raise fail(f"--cache-tokens {spec.cache_tokens}: no request fits a worker's KV cache; {hint}")
-    # A few oversized requests are what a server with max_model_len = its KV capacity would refuse: they are
-    # replayed as failures, said here, in the run's last line and in the report.
-    print(f"kvbench: warning: --cache-tokens {spec.cache_tokens}: {too_big} of {len(df)} requests need more KV "
-          f"cache than a worker holds and will fail; {hint}", file=sys.stderr)
-
-
-def replayed_warmup(spec: ReplaySpec, trace):
-    """The warm-up mask over the replayed rows (``_sub_trace``'s order); refuses a warm-up that leaves
-    nothing to measure."""
-    from kvbench.trace import warmup_mask
-
-    replayed = _sub_trace(trace, spec)
-    mask = warmup_mask(replayed.df, spec.warmup)
-    if spec.warmup and mask.all():
-        n = len(replayed)
-        what = f"the trace has {n} requests" if spec.max_requests is None else f"--max-requests replays {n}"
-        if spec.warmup < n:
-            what += f", and the sessions of its first {spec.warmup} (warm-up takes whole sessions) hold all"
-        raise fail(f"--warmup {spec.warmup}: {what}; use a smaller --warmup so some requests are measured")
-    return mask
-
-
-def check_block_size(spec: ReplaySpec, trace) -> None:
-    """The simulator re-blocks the trace's hash ids, so its block size must be a multiple of the trace's."""
-    if spec.is_sim and spec.block_size % trace.block_size:
-        raise fail(f"--block-size {spec.block_size}: must be a multiple of the trace's block size "
-                   f"{trace.block_size} ({spec.trace}); use e.g. --block-size {trace.block_size}")
-
-
-SERVER_EVICTION = "vllm"  # a real server's built-in eviction (no kvbench plugin installed)
-
-
-def resolve_evictions(eviction: str | None, target: str) -> list[str]:
-    """The eviction label(s) of a replay. A real cluster's policy is fixed when it starts, so the HTTP path
-    takes it from cluster.json (or 'vllm', the server's own, for bare URLs) and refuses a contradiction."""
-    if target == "sim":
-        return split_list(eviction or "lru", "--eviction")
-    from kvbench.http.targets import parse_target
-
-    running = parse_target(target).eviction or SERVER_EVICTION
-    if eviction is None:
-        return [running]
-    asked = split_list(eviction, "--eviction")
-    if len(asked) > 1:
-        raise fail(f"--eviction {eviction}: a real cluster runs one policy, chosen at `kvbench cluster up`; "
-                   f"start one cluster per policy")
-    if "://" not in target and asked[0] != running:
-        raise fail(f"--eviction {asked[0]}: {target} runs '{running}'; omit --eviction or start a cluster with it")
-    return asked
-
-
-# ------------------------------------------------------------------------------------- one replay
-def _sub_trace(trace, spec: ReplaySpec):
-    """The trace restricted to the requests replayed (``--max-requests`` keeps the first in replay order)."""
-    from kvbench.trace import Trace, replay_order
-
-    if spec.max_requests is None or spec.max_requests >= len(trace):
-        return trace
-    keep = replay_order(trace.df)[: spec.max_requests]
-    return Trace(df=trace.df.iloc[sorted(keep.tolist())].reset_index(drop=True), meta=trace.meta, path=trace.path)
-
-
-def run_backend(spec: ReplaySpec, trace) -> BackendResult:
-    if spec.is_sim:
+def run_backend(resolved: Resolved, trace, plan) -> BackendResult:
+    if resolved.is_sim:
         from kvbench.sim.run import run_sim
 
-        return run_sim(spec, trace)
+        return run_sim(resolved, trace, plan=plan)
     try:
         from kvbench.http.replay import run_http
     except ImportError as exc:
-        raise fail(f"--target {spec.target}: the HTTP backend cannot be loaded ({exc})") from None
-    return run_http(spec, trace)
-
-
-def assemble_config(spec: ReplaySpec, trace, result: BackendResult, summary: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to reproduce and compare the run; no wall-clock values, so equal seeds give equal
-    files."""
-    from kvbench.results import versions
-    from kvbench.trace import file_sha256
-
-    trace_info: dict[str, Any] = {"path": str(spec.trace), "meta": asdict(trace.meta), "requests": len(trace)}
-    trace_info["sha256"] = file_sha256(spec.trace) if Path(spec.trace).exists() else None
-    return {
-        **spec.to_config(),
-        "name": spec.name or Path(spec.output).name,
-        "trace_file": trace_info,
-        "workers": list(result.workers),
-        "versions": versions(),
-        "backend": "sim" if spec.is_sim else "http",
-        "backend_config": result.config,
-        "interrupted": bool(result.interrupted),
-        "summary": summary,
-    }
-
-
-def _check_output(out: Path) -> None:
-    """Refuse a foreign directory and create the output directory now, so a bad path fails before the run."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "run.json").exists()
-                                              and not (out / "requests.parquet").exists())):
-        raise fail(f"-o {out}: exists and is not a kvbench result directory; choose a new output path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fail(f"-o {out}: cannot create the result directory ({exc.strerror or exc})") from None
+        raise fail(f"--target {resolved.spec.target}: the HTTP backend cannot be loaded ({exc})") from None
+    return run_http(resolved, trace, plan=plan)
 
 
 def run_replay(spec: ReplaySpec, trace=None) -> Path:
@@ -286,58 +44,27 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
     On Ctrl-C the rows gathered so far are written (unfinished requests as ``cancelled``) and the
     interrupt is re-raised once the files are in place.
     """
-    from kvbench.results import compute_summary, write_run
-    from kvbench.trace import ideal_hit_rate, read_trace
+    from kvbench.plan import check_cache_fits, make_plan
+    from kvbench.trace import read_trace
 
-    if spec.eviction is None:
-        spec = replace(spec, eviction="lru" if spec.is_sim else resolve_evictions(None, spec.target)[0])
-    if not spec.is_sim and spec.eviction_params:
-        # a real server's policy and its parameters are fixed when it starts: taking them here would record
-        # parameters that never ran
-        raise fail("--eviction-param: a real cluster's eviction parameters are set when it starts "
-                   "(`kvbench cluster up --eviction-param ...`); drop them here")
-    validate_spec(spec)
-    if spec.is_sim:  # record the parameters the policy really ran with (typed like its defaults)
-        from kvbench.cache import policy_params
-
-        spec = replace(spec, eviction_params=policy_params(spec.eviction, spec.eviction_params))
+    resolved = resolve(spec)  # every flag before the trace is read
     if trace is None:
         trace = read_trace(spec.trace)
-    check_block_size(spec, trace)
-    check_cache_fits(spec, trace)
-    warm = replayed_warmup(spec, trace)
+    if resolved.is_sim:  # a real target's block size is checked once its servers report it
+        check_block_multiple(resolved.block_size, resolved.block_size_source, trace)
+    plan = make_plan(resolved, trace)
+    check_cache_fits(resolved, plan)
     out = Path(spec.output)
     created = not out.exists()
-    _check_output(out)
+    check_output(out)
     try:
-        result = run_backend(spec, trace)
+        result = run_backend(resolved, trace, plan)
     except BaseException:
         if created:  # leave nothing behind for a run that produced nothing
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
-    replayed = _sub_trace(trace, spec)
-    ideal_bs = result.block_size or spec.block_size
-    ideal_note = None
-    if ideal_bs % replayed.block_size:
-        ideal = None
-        ideal_note = (f"ideal hit rate not computed: the block size used ({ideal_bs}) is not a multiple of the "
-                      f"trace's ({replayed.block_size})")
-    else:
-        ideal = ideal_hit_rate(replayed, ideal_bs, warm)
-    extra: dict[str, float | None] = {"ideal": ideal, "server_counters": None, "cache_counters": None}
-    extra.update(result.hit_rates)
-    rows = result.rows.reset_index(drop=True)
-    summary = compute_summary(rows, len(result.workers), extra, spec.goodput)
-    config = assemble_config(spec, replayed, result, summary)
-    if result.block_size and result.block_size != spec.block_size:
-        # the servers' own block size is what ran; reports group runs by this value
-        config["requested_block_size"] = spec.block_size
-        config["block_size"] = result.block_size
-    config["ideal_block_size"] = ideal_bs
-    if ideal_note:
-        config["ideal_note"] = ideal_note
-    write_run(out, rows, config, timeline=result.timeline)
+    write_record(out, plan, result)
     if result.interrupted:
         raise KeyboardInterrupt
     return out
@@ -355,15 +82,6 @@ class Combination:
     def label(self) -> str:
         base = f"{self.eviction}-{self.router}"
         return base if self.rate_scale is None else f"{base}/rate-x{self.rate_scale:g}"
-
-
-def split_list(value: str, flag: str) -> list[str]:
-    items = [v.strip() for v in value.split(",")]
-    if not items or any(not v for v in items):
-        raise fail(f"{flag} {value!r}: give one name or a comma list without empty items")
-    if len(set(items)) != len(items):
-        raise fail(f"{flag} {value!r}: a name is repeated")
-    return items
 
 
 def plan_sweep(base: ReplaySpec, evictions: list[str], routers: list[str],
@@ -401,122 +119,19 @@ def parse_rate_scales(text: str | None, flag: str = "--rate-scale") -> list[floa
     return out
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold Ctrl-C and SIGTERM until the block ends, then act on them.
-
-    The Python-level handler runs in the main thread whichever thread the OS delivered the signal to, so a
-    thread signal mask cannot defer it; swapping the handlers for a recorder can.
-    """
-    caught: list[int] = []
-    old = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        if caught:
-            handler = old[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)
-            else:
-                raise KeyboardInterrupt
-
-
-def _child_init() -> None:
-    # The parent owns Ctrl-C; a terminated child raises SystemExit so atomic writes clean up after themselves.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
-def _child_run(spec: ReplaySpec) -> tuple[str, str | None, dict[str, Any] | None]:
+def _sweep_run(spec: ReplaySpec) -> dict[str, Any]:
+    """One combination of a sweep, in a worker process: its summary."""
     import json
 
-    try:
-        out = run_replay(spec)
-        summary = json.loads((out / "run.json").read_text())["summary"]
-    except KvbenchError as exc:
-        return str(spec.output), str(exc), None
-    except OSError as exc:
-        where = exc.filename or spec.output
-        return str(spec.output), f"{where}: {exc.strerror or exc}", None
-    except Exception as exc:  # noqa: BLE001 - a sweep reports a failed combination, never a traceback
-        return str(spec.output), f"replay failed ({type(exc).__name__}: {exc})", None
-    return str(spec.output), None, summary
-
-
-def _remove_partial(combos: list[Combination]) -> None:
-    for c in combos:
-        out = Path(c.spec.output)
-        if out.is_dir() and not (out / "run.json").exists():
-            shutil.rmtree(out, ignore_errors=True)
-        elif out.is_dir():
-            for tmp in out.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+    return json.loads((run_replay(spec) / "run.json").read_text())["summary"]
 
 
 def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run combinations (in ``jobs`` processes for the simulator); finished ones stay on Ctrl-C."""
-    import multiprocessing
+    from kvbench.jobs import Job, run_jobs
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    for c in combos:
-        validate_spec(c.spec)
-    created: list[Path] = []
-    try:
-        for c in combos:
-            out = Path(c.spec.output)
-            if not out.exists():
-                created.append(out)
-            _check_output(out)
-    except KvbenchError:
-        for out in created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    results: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   disable=not progress)
-    by_out = {str(c.spec.output): c for c in combos}
-    pool = None
-    try:
-        with bar:
-            task = bar.add_task(f"sweep of {len(combos)} combinations", total=len(combos))
-            if jobs <= 1:
-                for c in combos:
-                    _, err, summary = _child_run(c.spec)
-                    _collect(c, err, summary, results, errors, bar, task)
-            else:
-                # Ctrl-C / SIGTERM wait until every worker has its start-up data: a signal that cut the parent's
-                # write to a starting child would leave it to die with a traceback on a half-read pipe.
-                with _signals_deferred():
-                    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_child_init)
-                for out, err, summary in pool.imap_unordered(_child_run, [c.spec for c in combos]):
-                    _collect(by_out[out], err, summary, results, errors, bar, task)
-                pool.close()
-                pool.join()
-                pool = None
-    except KeyboardInterrupt:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        _remove_partial([c for c in combos if c.label not in results])
-        raise
-    if errors:
-        _remove_partial([c for c in combos if c.label not in results])
-        raise fail(errors[0])
-    return results
-
-
-def _collect(c: Combination, err: str | None, summary, results, errors, bar, task) -> None:
-    if err is not None:
-        errors.append(f"{c.label}: {err}")
-    else:
-        results[c.label] = summary
-    bar.update(task, advance=1, description=f"sweep: {c.label} done")
+    return run_jobs([Job(c.label, Path(c.spec.output), _sweep_run, (c.spec,)) for c in combos], jobs,
+                    check=lambda job: validate_spec(job.args[0]), progress=progress, name="sweep")
 
 
 # -------------------------------------------------------------------------------------------- CLI

@@ -174,10 +174,10 @@ def validate_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
 
 
 def hash_ids_at(trace: Trace, block_size: int) -> list[np.ndarray]:
+    """Callers pass a resolved block size (kvbench.resolve checks the multiple, once, naming the flag)."""
     base = trace.block_size
     if block_size % base:
-        raise fail(f"block size {block_size} is not a multiple of the trace's block size {base} "
-                   f"({trace.path}); regenerate the trace with --block-size {base if base < block_size else block_size}")
+        raise ValueError(f"block size {block_size} is not a multiple of the trace's block size {base}")
     k = block_size // base
     col = trace.df["hash_ids"]
     if k == 1:

@@ -48,6 +48,31 @@ def test_required_combinations_are_covered():
     assert {"lru", "dbl", "arc", "belady"} <= single
 
 
+GOLDEN = Path(__file__).parent / "golden" / "summaries"
+
+
+def _assert_same_summary(got: Path, golden: Path) -> None:
+    """The reduced run's summary.csv equals the one recorded before a refactoring (tests/golden/summaries).
+
+    A change of the simulator's results shows here first; when it is meant (a fidelity fix, a policy fixed
+    to match its paper), regenerate the golden files with `python scripts/golden_summaries.py` and say why
+    in the commit. Numbers compare to 1e-6 relative (the CSV's own rounding), everything else exactly."""
+    want = list(csv.DictReader(golden.open()))
+    have = list(csv.DictReader(got.open()))
+    assert [list(r) for r in have] == [list(r) for r in want], f"{got}: columns differ from {golden}"
+    assert len(have) == len(want), f"{got}: {len(have)} rows, {golden} has {len(want)}"
+    for i, (h, w) in enumerate(zip(have, want)):
+        for key in w:
+            a, b = h[key], w[key]
+            try:
+                fa, fb = float(a), float(b)
+            except ValueError:
+                assert a == b, f"{got} row {i} {key}: {a!r}, golden {b!r}"
+                continue
+            assert fa == pytest.approx(fb, rel=1e-6, abs=1e-9, nan_ok=True), \
+                f"{got} row {i} ({h.get('eviction')}, {h.get('router')}) {key}: {a}, golden {b}"
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 def test_reduced_spec_end_to_end(spec: Path, tmp_path: Path):
     out = tmp_path / spec.stem
@@ -66,6 +91,7 @@ def test_reduced_spec_end_to_end(spec: Path, tmp_path: Path):
         assert run["summary"]["completed"] + run["summary"]["failed"] == run["summary"]["num_requests"]
     html = (out / "report.html").read_text()
     assert "<html" in html.lower() and exp.name in html
+    _assert_same_summary(out / "summary.csv", GOLDEN / f"{spec.stem}.csv")
 
     before = _snapshot(out)
     again = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True)
@@ -112,13 +138,13 @@ def test_real_target_takes_the_clusters_policy(tmp_path: Path):
 
 def test_a_real_target_runs_one_replay_at_a_time(tmp_path: Path, monkeypatch):
     # two replays at once against the same servers would each reset the other's caches
-    from kvbench import experiment
+    from kvbench import experiment, jobs
 
     def no_pool(*_a, **_k):
         raise AssertionError("replays against real servers must not run in parallel")
 
     ran = []
-    monkeypatch.setattr(experiment, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(jobs, "ProcessPool", no_pool)
     monkeypatch.setattr(experiment, "_run_job", lambda spec, key: ran.append(spec.target) or str(spec.output))
     cluster = tmp_path / "cluster.json"
     cluster.write_text(json.dumps({"eviction": "lru", "workers": [{"url": "http://127.0.0.1:9", "pid": 4321}]}))
@@ -172,17 +198,24 @@ def test_interrupt_then_resume_gives_the_uninterrupted_summary(tmp_path: Path, m
     assert (cut / "summary.csv").read_bytes() == (clean / "summary.csv").read_bytes()
 
 
-def test_a_changed_spec_reruns_instead_of_reusing_old_results(tmp_path: Path):
+def _run_then_edit(tmp_path: Path, edit) -> tuple[dict, dict, Path]:
+    """Run the reduced quickstart, change its spec with ``edit(text)``, run again: (first, second, out)."""
     spec = tmp_path / "qs.toml"
     text = (ROOT / "workloads" / "quickstart.toml").read_text()
     spec.write_text(text)
     out = tmp_path / "out"
     first = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
-    before = (out / "summary.csv").read_text()
-    spec.write_text(text.replace("[reduced]", "[reduced]\nreplay = { max_num_seqs = 3 }", 1)
-                    if "replay = {" not in text.split("[reduced]", 1)[1] else
-                    text.replace("replay = { ", "replay = { max_num_seqs = 3, ", 1))
-    second = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    (out / "summary.before.csv").write_bytes((out / "summary.csv").read_bytes())
+    spec.write_text(edit(text))
+    return first, run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False), out
+
+
+def test_a_changed_spec_reruns_instead_of_reusing_old_results(tmp_path: Path):
+    first, second, out = _run_then_edit(tmp_path, lambda text: (
+        text.replace("[reduced]", "[reduced]\nreplay = { max_num_seqs = 3 }", 1)
+        if "replay = {" not in text.split("[reduced]", 1)[1] else
+        text.replace("replay = { ", "replay = { max_num_seqs = 3, ", 1)))
+    before = (out / "summary.before.csv").read_text()
     assert second["skipped"] == 0 and second["ran"] == first["ran"]
     assert (out / "summary.csv").read_text() != before
 
@@ -219,3 +252,42 @@ def test_replay_warmup_is_a_spec_field(tmp_path: Path):
     spec.write_text('name = "w"\n[generate]\nkind = "gsp"\n[replay]\nwarmup = "some"\n')
     with pytest.raises(KvbenchError, match="warmup = 'some' must be an int"):
         load_spec(spec)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ('name = "x"\n[generate]\nkind = "gsp"\nargs = { order = "zigzag" }\n[replay]\nworkers = 2\n',
+     r"^{bad}: \[generate\] order: --order zigzag: unknown value"),
+    ('name = "x"\n[generate]\nkind = "gsp"\nargs = { grups = 2 }\n[replay]\nworkers = 2\n',
+     r"^{bad}: \[generate\] grups: unknown option --grups"),
+    ('name = "x"\nseeds = [0, "1"]\n[generate]\nkind = "gsp"\n[replay]\nworkers = 2\n',
+     "^{bad}: seeds must be a non-empty list of integers"),
+    ('name = "x"\n[generate]\nargs = {}\n[replay]\nworkers = 2\n', r'^{bad}: \[generate\] needs kind = "gsp" \| "docqa"'),
+    ('name = "x"\n[generate]\nkind = "gsp"\n', "^{bad}: missing 'replay'"),
+    ('name = "x"\ntitel = "y"\n[generate]\nkind = "gsp"\n[replay]\nworkers = 2\n', "^{bad}: unknown key 'titel'"),
+])
+def test_spec_errors_name_the_file_and_key(tmp_path: Path, text: str, pattern: str):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(KvbenchError, match=pattern.replace("{bad}", str(bad))):
+        load_spec(bad)
+
+
+def test_a_results_folder_from_the_argv_sidecars_keeps_its_runs(tmp_path: Path):
+    # before the config models a trace's sidecar held the generate command line (<trace>.argv.json);
+    # such a folder regenerates its traces once, byte for byte, so every finished run is kept
+    spec = ROOT / "workloads" / "quickstart.toml"
+    out = tmp_path / "qs"
+    run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    traces = sorted(out.glob("traces/*.parquet"))
+    before = {p: p.read_bytes() for p in traces}
+    for trace in traces:
+        trace.with_name(trace.name + ".config.json").rename(trace.with_name(trace.name + ".argv.json"))
+    again = run_experiment(spec, out, jobs_n=1, progress=False, reduced=True, report=False)
+    assert again["generated"] == len(traces) and again["ran"] == 0
+    assert {p: p.read_bytes() for p in traces} == before
+    assert not list(out.glob("traces/*.argv.json"))
+
+
+def test_a_changed_generate_option_regenerates_the_trace(tmp_path: Path):
+    _, again, _ = _run_then_edit(tmp_path, lambda text: text.replace("generate = { groups = 8,", "generate = { groups = 9,"))
+    assert again["generated"] == 1 and again["skipped"] == 0

@@ -14,8 +14,9 @@ from tests.sim.sim_traces import make_trace
 from kvbench.cli import app
 from kvbench.errors import KvbenchError
 from kvbench.params import parse_key_values
-from kvbench.replay import ReplaySpec, plan_sweep, run_sweep
+from kvbench.replay import plan_sweep, run_sweep
 from kvbench.results import read_run
+from kvbench.spec import ReplaySpec
 
 
 @pytest.fixture
@@ -156,14 +157,14 @@ def test_a_failed_run_leaves_no_empty_output_dir(tmp_path, trace, monkeypatch):
 
 
 def test_sweep_child_turns_any_exception_into_an_error_line(tmp_path, trace, monkeypatch):
-    from kvbench import replay
+    from kvbench import jobs, replay
 
     def crash(spec):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(replay, "run_replay", crash)
-    out, err, summary = replay._child_run(ReplaySpec(trace=trace, output=tmp_path / "c"))
-    assert out == str(tmp_path / "c") and summary is None and err == "replay failed (RuntimeError: boom)"
+    got = jobs.call(jobs.Job("c", tmp_path / "c", replay._sweep_run, (ReplaySpec(trace=trace, output=tmp_path / "c"),)))
+    assert got == jobs.Outcome("c", "replay failed (RuntimeError: boom)")
     combos = plan_sweep(ReplaySpec(trace=trace, output=tmp_path / "sw"), ["lru"], ["round_robin", "random"])
     with pytest.raises(KvbenchError, match=r"lru-round_robin: replay failed \(RuntimeError: boom\)"):
         run_sweep(combos, jobs=1, progress=False)
@@ -173,7 +174,11 @@ def test_sweep_child_turns_any_exception_into_an_error_line(tmp_path, trace, mon
 def _with_block_size(bs):
     from kvbench.sim.run import run_sim
 
-    return lambda spec, trace: replace(run_sim(spec, trace), block_size=bs)
+    def backend(resolved, trace, plan):
+        result = run_sim(resolved, trace, plan=plan)
+        return replace(result, resolved=replace(result.resolved, block_size=bs))
+
+    return backend
 
 
 def test_ideal_hit_rate_uses_the_block_size_the_backend_used(tmp_path, trace, monkeypatch):
@@ -207,7 +212,7 @@ def test_real_cluster_eviction_comes_from_the_cluster(tmp_path):
     import pytest
 
     from kvbench.errors import KvbenchError
-    from kvbench.replay import SERVER_EVICTION, resolve_evictions
+    from kvbench.resolve import SERVER_EVICTION, resolve_evictions
 
     cluster = tmp_path / "cluster.json"
     cluster.write_text(json.dumps({"eviction": "rlt", "workers": [{"url": "http://127.0.0.1:9", "pid": 12345}]}))

@@ -76,7 +76,7 @@ def test_hash_ids_at_coarser_block(tmp_path):
     path = write_trace(tmp_path / "t.parquet", df, TraceMeta(generator="t", block_size=4))
     trace = read_trace(path)
     assert len(hash_ids_at(trace, 8)[0]) == 2
-    with pytest.raises(KvbenchError, match="multiple"):
+    with pytest.raises(ValueError, match="multiple"):
         hash_ids_at(trace, 6)
 
 

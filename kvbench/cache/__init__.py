@@ -69,7 +69,7 @@ def policy_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def make_policy(
     name: str, seed: int = 0, future: Sequence[Sequence[int]] | None = None,
-    hittable: Sequence[int] | None = None, **params
+    hittable: Sequence[int] | None = None, typed: bool = False, **params
 ) -> EvictionPolicy:
     """Build a policy by name; ``future`` (per-request block keys in replay order) and ``hittable`` (how
     many of each request's first keys can hit; None: all) feed ``belady``.
@@ -77,7 +77,7 @@ def make_policy(
     ``params`` may be strings (``--eviction-param k=v``): each is converted to the type of the matching
     ``__init__`` default, so every caller (simulator, vLLM plugin) builds the same policy from the same flags.
     """
-    kwargs = policy_params(name, params)
+    kwargs = dict(params) if typed else policy_params(name, params)  # typed: already from policy_params
     cls = POLICIES[name]
     accepted = inspect.signature(cls.__init__).parameters
     if "seed" in accepted:

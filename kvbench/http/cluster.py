@@ -22,24 +22,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
 from kvbench.errors import fail
 from kvbench.fsutil import write_json_atomic
 from kvbench.http.metrics import int_or_none, parse_cache_config
 from kvbench.http.model import kv_bytes_per_token
 from kvbench.params import parse_key_values
-from kvbench.vllm_plugin.config import NATIVE, PolicyConfig, check_policy
+from kvbench.vllm_plugin.config import NATIVE, POLICY_MARKER, PolicyConfig, check_policy
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CPU_KV_DTYPE_BYTES = 2  # vLLM's CPU backend runs bfloat16
 DEFAULT_CPU_KV_TOKENS = 8192
 DEFAULT_CPU_BLOCK = 32
-POLICY_MARKER = "kvbench eviction policy"  # logged by kvbench.vllm_plugin.block_pool at pool creation
 READY_LINE = "Application startup complete"  # uvicorn, once the API server listens
 
 
@@ -61,48 +61,69 @@ class WorkerOptions:
     served_model_name: str | None = None
     kv_events_port: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    # CPU only: the cores this worker's OpenMP threads are bound to (vLLM's VLLM_CPU_OMP_THREADS_BIND), None for
+    # vLLM's own choice. vLLM's "auto" binds every worker on one machine to the same cores, so the workers of a
+    # cluster would take turns on one core (seconds-long stalls, on two cores); cluster_options spreads them.
+    cpu_cores: str | None = None
 
 
-@dataclass
-class WorkerInfo:
+class WorkerInfo(BaseModel):
+    """One worker in cluster.json. Only ``url`` is required, so a hand-written file of URLs works too."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
     url: str
-    port: int
-    pid: int
-    log: str
-    eviction: str
-    seed: int
+    port: int | None = None
+    pid: int | None = None  # required by `kvbench cluster down`
+    log: str | None = None
+    eviction: str | None = None
+    seed: int | None = None
     gpu: int | None = None
     block_size: int | None = None
     kv_cache_blocks: int | None = None  # as vLLM reports it (num_gpu_blocks, includes the null block)
     kv_cache_tokens: int | None = None
     kv_events_endpoint: str | None = None
+    cpu_cores: str | None = None  # the cores its OpenMP threads were bound to (CPU workers of a cluster)
     startup_s: float | None = None
     model: str | None = None  # served model name to put in requests
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_spellings(cls, value: Any) -> Any:
+        """A bare URL string, or ``base_url``/``endpoint`` instead of ``url``, as hand-written files have."""
+        if isinstance(value, str):
+            return {"url": value}
+        if isinstance(value, dict) and "url" not in value:
+            for key in ("base_url", "endpoint"):
+                if isinstance(value.get(key), str):
+                    return {**value, "url": value[key]}
+        return value
 
-@dataclass
-class ClusterInfo:
-    model: str
-    served_model_name: str
-    eviction: str
-    seed: int
-    block_size: int | None
-    kv_cache_tokens: int | None
-    kv_cache_blocks: int | None
-    usable_blocks: int | None  # kv_cache_blocks minus vLLM's null block (the simulator's --cache-tokens is
-    # kv_cache_tokens: it sets the null block aside itself)
-    device: str
-    workers: list[WorkerInfo]
+
+class ClusterInfo(BaseModel):
+    """cluster.json: written by `kvbench cluster up`, read by ``--target cluster.json`` and `cluster down`."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model: str | None = None
+    served_model_name: str | None = None
+    model_name: str | None = Field(None, exclude=True)  # an older spelling of served_model_name, read only
+    eviction: str | None = None
+    seed: int | None = None
+    block_size: int | None = None
+    kv_cache_tokens: int | None = None
+    kv_cache_blocks: int | None = None
+    usable_blocks: int | None = None  # kv_cache_blocks minus vLLM's null block (the simulator's --cache-tokens
+    # is kv_cache_tokens: it sets the null block aside itself)
+    device: str | None = None
+    workers: list[WorkerInfo] = Field(min_length=1)
     version: int = 1
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def endpoints(self) -> list[str]:
         return [w.url for w in self.workers]
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["endpoints"] = self.endpoints
-        return d
+        return self.model_dump()
 
 
 # --- sizing and command line ---------------------------------------------------------------------------
@@ -157,7 +178,24 @@ def server_env(opts: WorkerOptions, base: dict[str, str] | None = None) -> dict[
         env["CUDA_VISIBLE_DEVICES"] = str(opts.gpu)
     elif opts.cpu:
         env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        if opts.cpu_cores is not None:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", opts.cpu_cores)  # a binding the user set wins
     return env
+
+
+def spread_cores(workers: int, cores: Sequence[int] | None = None) -> list[str | None]:
+    """The OpenMP cores of each CPU worker: the machine's cores split evenly, a core or more each (round robin
+    when there are more workers than cores). One worker keeps vLLM's own binding, which also sets a core aside
+    for its API server."""
+    if workers <= 1:
+        return [None] * workers
+    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    per = max(1, len(cores) // workers)
+    out = []
+    for i in range(workers):
+        start = (i * per) % len(cores)
+        out.append(",".join(str(c) for c in cores[start:start + per]))
+    return out
 
 
 def detect_gpus() -> int:
@@ -334,7 +372,7 @@ def describe(w: StartedWorker, startup_s: float | None) -> WorkerInfo:
     cfg = cache_config(w.url)
     info = WorkerInfo(url=w.url, port=w.opts.port, pid=w.proc.pid, log=str(w.log), eviction=w.opts.eviction,
                       seed=w.opts.seed, gpu=w.opts.gpu, startup_s=None if startup_s is None else round(startup_s, 2),
-                      model=w.opts.served_model_name or w.opts.model)
+                      model=w.opts.served_model_name or w.opts.model, cpu_cores=w.opts.cpu_cores)
     info.block_size = int_or_none(cfg.get("block_size")) or w.opts.block_size
     info.kv_cache_blocks = int_or_none(cfg.get("num_gpu_blocks"))
     info.kv_cache_tokens = int_or_none(cfg.get("kv_cache_size_tokens"))
@@ -397,13 +435,14 @@ def cluster_options(model: str, workers: int, eviction: str, seed: int, base_por
     if not name.strip() or any(c.isspace() for c in name):
         raise fail(f"--served-model-name {name!r}: must be a non-empty name without spaces")
     out = []
+    cores = spread_cores(workers) if not gpus else [None] * workers
     for i in range(workers):
         out.append(WorkerOptions(
             model=str(model_path.resolve()), port=base_port + i, eviction=eviction, seed=seed,
             eviction_params=dict(eviction_params or {}), block_size=block_size, kv_cache_tokens=kv_cache_tokens,
             max_model_len=max_model_len, cpu=not gpus, gpu=i if gpus else None, host=host,
             served_model_name=name, kv_events_port=base_port + workers + i if kv_events else None,
-            extra_args=list(extra_args)))
+            extra_args=list(extra_args), cpu_cores=cores[i]))
     return out, device
 
 
@@ -418,16 +457,29 @@ def start_cluster(options: Sequence[WorkerOptions], device: str, log_dir: Path, 
                        usable_blocks=usable, device=device, workers=infos)
 
 
-def read_cluster(path: Path) -> dict[str, Any]:
+def load_cluster(path: Path) -> tuple[ClusterInfo, dict[str, Any]]:
+    """A cluster file checked against :class:`ClusterInfo`, and as written (run.json records it unchanged)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise fail(f"{path}: no such cluster file; it is written by `kvbench cluster up -o {path}`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise fail(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("workers"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("workers"), list) or not data["workers"]:
         raise fail(f"{path}: no 'workers' list; is it a cluster file from `kvbench cluster up`?")
-    return data
+    try:
+        return ClusterInfo.model_validate(data), data
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err["loc"]
+        key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+        if err["type"] == "missing" and loc[-1] == "url":
+            raise fail(f"{path}: {key.removesuffix('.url')} has no 'url'") from None
+        raise fail(f"{path}: {key} = {err.get('input')!r}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
+
+
+def read_cluster(path: Path) -> dict[str, Any]:
+    return load_cluster(path)[1]
 
 
 def stop_cluster(data: dict[str, Any], on_skip=None) -> list[int]:
@@ -533,6 +585,7 @@ __all__ = [
     "cache_config",
     "cluster_options",
     "is_our_server",
+    "load_cluster",
     "read_cluster",
     "register_cluster",
     "start_cluster",

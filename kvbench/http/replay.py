@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -27,14 +26,17 @@ from kvbench.hashing import block_hashes
 from kvbench.http import metrics
 from kvbench.http.client import ClientSettings, Outcome, Prompt, send
 from kvbench.http.hygiene import reset_and_verify
-from kvbench.http.progress import RunProgress
 from kvbench.http.request_options import session_headers
 from kvbench.http.prompts import PromptSource, SessionHistory
-from kvbench.http.targets import Target, parse_target
+from kvbench.http.targets import Target
 from kvbench.http.timeline import TimelineScraper
-from kvbench.replay import BackendResult, ReplaySpec
+from kvbench.plan import ReplayPlan, make_plan
+from kvbench.progress import ReplayProgress
+from kvbench.record import BackendResult, RowRecorder
+from kvbench.resolve import Resolved, resolve
 from kvbench.routing import Completion, RouterConfig, RouteRequest, make_router
-from kvbench.trace import Trace, replay_order, warmup_mask
+from kvbench.spec import ReplaySpec
+from kvbench.trace import Trace
 
 PREFLIGHT_TIMEOUT_S = 10.0
 # No session-wide limit (aiohttp's default caps every request at 300 s): each request's own --timeout is the
@@ -138,60 +140,25 @@ def _lag_stats(lags: np.ndarray) -> dict[str, Any]:
 
 
 class HttpReplay:
-    def __init__(self, spec: ReplaySpec, trace: Trace, target: Target, on_event: ReplayEvent | None = None):
-        self.spec = spec
+    def __init__(self, resolved: Resolved, plan: ReplayPlan, on_event: ReplayEvent | None = None):
+        self.resolved = resolved
+        self.spec = resolved.spec
+        self.plan = plan
         self.on_event = on_event
-        self.trace = trace
-        self.target = target
-        self.urls = target.urls
+        self.target = resolved.target
+        self.urls = self.target.urls
         self.n = len(self.urls)
-        df = trace.df
-        if spec.max_requests is not None and len(df) > spec.max_requests:
-            keep = np.sort(replay_order(df)[: spec.max_requests])
-            df = df.iloc[keep]
-        self.df = df.reset_index(drop=True)
-        self.warm = warmup_mask(self.df, spec.warmup)  # sent before the barrier, marked in their rows
+        self.df = plan.trace.df
+        self.warm = plan.warm  # sent before the barrier, marked in their rows
         self.warmup_info: dict[str, Any] | None = None
-        self.rows: list[dict[str, Any]] = [self._blank_row(i) for i in range(len(self.df))]
+        self.rec = RowRecorder(plan)
+        self.rows = self.rec.rows
         self.accepts_ids = [True] * self.n
         self.text_fallbacks = [0] * self.n  # token-id prompts re-sent as text because the format was refused
         self.fallback_reason: list[str | None] = [None] * self.n
         self.dead: dict[int, str] = {}
         self.interrupted = False
         self.t0 = 0.0
-
-    def _blank_row(self, i: int) -> dict[str, Any]:
-        r = self.df.iloc[i]
-        sid = r.get("session_id")
-        return {"request_id": str(r["request_id"]), "session_id": None if pd.isna(sid) else str(sid),
-                "turn": int(r.get("turn", 0)), "group_id": r.get("group_id"), "worker": -1,
-                "arrival_s": np.nan, "sent_s": np.nan, "first_token_s": np.nan, "done_s": np.nan,
-                "ttft_s": np.nan, "e2e_s": np.nan, "tpot_s": np.nan, "itl_s": None,
-                "input_tokens": int(r["input_tokens"]), "output_tokens": 0, "cached_tokens": None,
-                "status": "cancelled", "error": "not sent (run interrupted)", "warmup": bool(self.warm[i])}
-
-    # ----------------------------------------------------------------------------------------- setup
-    def _choose_block_size(self, snaps: list[metrics.MetricsSnapshot]) -> tuple[int, str]:
-        return metrics.choose_block_size(snaps, [(self.target.block_size, self.target.source),
-                                                 (self.spec.block_size, "--block-size")])
-
-    def _hash_lists(self, bs: int, source: str) -> list[np.ndarray]:
-        """Hash ids at the server's block size, so routers see the blocks the server caches.
-
-        Refused (before anything is sent) when that block size is not a multiple of the trace's: the
-        router and the ideal hit rate would otherwise count blocks the server never forms.
-        """
-        base = self.trace.block_size
-        if bs % base:
-            fine = math.gcd(bs, base)
-            raise fail(f"block size {bs} (from {source}) is not a multiple of the trace's block size {base} "
-                       f"({self.trace.path or 'trace'}); regenerate the trace with --block-size {fine} "
-                       f"or serve with a block size that is a multiple of {base}")
-        all_ids = self.trace.hash_ids_at(bs)
-        if len(self.df) == len(self.trace.df):
-            return all_ids
-        pos = {rid: k for k, rid in enumerate(self.trace.df["request_id"])}
-        return [all_ids[pos[rid]] for rid in self.df["request_id"]]
 
     # ------------------------------------------------------------------------------------------- run
     async def run(self) -> BackendResult:
@@ -205,13 +172,17 @@ class HttpReplay:
                                            return_token_ids=spec.history == "generated",
                                            extra_body=dict(spec.extra_body))
             config_snaps = await asyncio.gather(*(metrics.scrape(session, u) for u in self.urls))
-            bs, bs_source = self._choose_block_size(config_snaps)
-            self.hashes, self.router_bs = self._hash_lists(bs, bs_source), bs
+            # the servers have the last word on what they block by: hash at their block size, record it
+            bs, bs_source = metrics.choose_block_size(
+                config_snaps, [(self.resolved.block_size, self.resolved.block_size_source)])
+            self.resolved = self.resolved.at_server(self.plan.trace, bs, bs_source, pre.model)
+            self.plan = replace(self.plan, block_size=bs)
+            self.hashes, self.router_bs = self.plan.hashes, bs
             num_blocks = metrics.server_num_blocks(config_snaps)
             self.router = make_router(spec.router, RouterConfig(
                 workers=self.n, block_size=self.router_bs, seed=spec.seed, params=dict(spec.router_params),
                 cache_blocks=num_blocks))
-            self.prompts = PromptSource(self.df, self.trace.block_size, self.trace.meta.tokenizer)
+            self.prompts = PromptSource(self.df, self.plan.trace.block_size, self.plan.trace.meta.tokenizer)
             if spec.reset_cache:
                 recs = await asyncio.gather(*(reset_and_verify(session, u, self.settings, bs) for u in self.urls))
                 hygiene: Any = [r.to_json() for r in recs]
@@ -221,7 +192,7 @@ class HttpReplay:
             self.session = session
             interval = spec.scrape_interval_s
             scraper = TimelineScraper(session, self.urls, interval) if interval else None
-            with RunProgress(len(self.rows), enabled=spec.progress, label=f"replay -> {self.n} worker(s)") as prog:
+            with ReplayProgress(len(self.rows), f"replay -> {self.n} worker(s)", spec.progress, errors=True) as prog:
                 self.progress = prog
                 async with scraper or contextlib.nullcontext():  # --scrape-interval: /metrics over time
                     before = await self._drive()  # the counters' start: after the warm-up, if any
@@ -282,19 +253,16 @@ class HttpReplay:
                 current.uncancel()
 
     def _schedule(self) -> list[tuple[float, str, Any]]:
-        scale = self.spec.time_scale
-        arrival = self.df["arrival_s"].to_numpy(dtype=float) * scale
+        """The plan's units as (start, "single", row) or (start, "session", rows turn by turn)."""
+        order = self.plan.order
+        sessions = self.df["session_id"].isna().to_numpy()
         items: list[tuple[float, str, Any]] = []
-        sessions: dict[str, list[int]] = {}
-        for i, sid in enumerate(self.df["session_id"]):
-            if sid is None or (isinstance(sid, float) and np.isnan(sid)):
-                items.append((float(arrival[i]), "single", i))
+        for unit in self.plan.units:
+            rows = [int(order[k]) for k in unit.positions]
+            if len(rows) == 1 and sessions[rows[0]]:
+                items.append((unit.start_s, "single", rows[0]))
             else:
-                sessions.setdefault(str(sid), []).append(i)
-        for sid, idx in sessions.items():
-            idx.sort(key=lambda j: (int(self.df.at[j, "turn"]), arrival[j]))
-            items.append((float(arrival[idx[0]]), "session", idx))
-        items.sort(key=lambda t: (t[0], 0 if t[1] == "single" else 1))
+                items.append((unit.start_s, "session", rows))
         return items
 
     async def _session(self, idx: list[int], start_s: float) -> None:
@@ -302,8 +270,7 @@ class HttpReplay:
         release = start_s
         for k, i in enumerate(idx):
             if k:
-                think = float(self.df.at[i, "think_s"]) * self.spec.time_scale
-                release = (time.monotonic() - self.t0) + max(0.0, think)
+                release = (time.monotonic() - self.t0) + max(0.0, float(self.plan.think_s[i]))
                 await sleep_until(self.t0 + release)
             await self._request(i, release, history)
 
@@ -323,7 +290,7 @@ class HttpReplay:
                     output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
                     prompt_token_ids=ids, prompt=text, session_id=row["session_id"])
                 out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]), i)
-            self._fill(row, out, worker)
+            self._fill(i, out, worker)
             if self.on_event is not None:
                 self.on_event("done", i, worker)
             if history is not None:
@@ -384,32 +351,17 @@ class HttpReplay:
             last = Outcome(status="error", error="no live workers left to route to", done=time.monotonic())
         return last, last_w
 
-    def _fill(self, row: dict[str, Any], out: Outcome, worker: int) -> None:
-        t0 = self.t0
-        rel = (lambda t: np.nan if t is None else t - t0)
-        row["worker"] = worker
-        row["sent_s"] = rel(out.sent)
-        row["first_token_s"] = rel(out.first_token)
-        row["done_s"] = rel(out.done)
-        row["status"] = out.status
-        row["error"] = out.error
-        if out.prompt_tokens is not None:
-            row["input_tokens"] = int(out.prompt_tokens)
+    def _fill(self, i: int, out: Outcome, worker: int) -> None:
+        rel = (lambda t: None if t is None else t - self.t0)
         n_out = out.completion_tokens if out.completion_tokens is not None else len(out.chunk_times)
-        row["output_tokens"] = int(n_out)
-        row["cached_tokens"] = out.cached_tokens
-        if out.status != "ok":
-            return
-        ttft, e2e = _latencies(out)
-        row["ttft_s"] = np.nan if ttft is None else ttft
-        row["e2e_s"] = np.nan if e2e is None else e2e
-        if n_out > 1 and out.first_token is not None:
-            row["tpot_s"] = (out.done - out.first_token) / (n_out - 1)
-        row["itl_s"] = np.diff(np.asarray(out.chunk_times)).tolist() if len(out.chunk_times) > 1 else []
+        self.rec.record(i, worker=worker, status=out.status, error=out.error,
+                        sent_s=rel(out.sent), first_token_s=rel(out.first_token), done_s=rel(out.done),
+                        output_tokens=n_out, token_times=out.chunk_times, cached_tokens=out.cached_tokens,
+                        input_tokens=out.prompt_tokens)
 
     # ---------------------------------------------------------------------------------------- result
     def _result(self, pre: Preflight, bs: int, bs_source: str, config_snaps, hygiene, before, after) -> BackendResult:
-        df = pd.DataFrame(self.rows)
+        df = self.rec.frame()
         sent = df[df["sent_s"].notna()]
         lags = (sent["sent_s"] - sent["arrival_s"]).to_numpy(dtype=float)
         pairs = list(zip(before, after))
@@ -446,9 +398,8 @@ class HttpReplay:
             "timeout_s": self.spec.timeout_s,
             "warmup": self.warmup_info,  # barrier_s: the warm-up had finished, the measured part began
         }
-        return BackendResult(rows=df, workers=list(self.urls), config=config,
-                             hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted,
-                             block_size=self.router_bs)
+        return BackendResult(rows=df, workers=list(self.urls), resolved=self.resolved, config=config,
+                             hit_rates={"server_counters": counters["hit_rate"]}, interrupted=self.interrupted)
 
 
 def _latencies(out: Outcome) -> tuple[float | None, float | None]:
@@ -460,16 +411,9 @@ def _latencies(out: Outcome) -> tuple[float | None, float | None]:
     return ttft, e2e
 
 
-def run_http(spec: ReplaySpec, trace: Trace, on_event: ReplayEvent | None = None) -> BackendResult:
-    """The HTTP backend of ``kvbench replay`` (see module docstring); ``on_event`` is a test hook
-    (see :data:`ReplayEvent`)."""
-    if spec.history not in ("recorded", "generated"):
-        raise fail(f"--history {spec.history}: use 'recorded' or 'generated'")
-    if spec.api not in ("completions", "chat"):
-        raise fail(f"--api {spec.api}: use 'completions' or 'chat'")
-    if spec.max_concurrency is not None and spec.max_concurrency < 1:
-        raise fail(f"--max-concurrency {spec.max_concurrency}: must be at least 1")
-    if spec.timeout_s <= 0:
-        raise fail(f"--timeout {spec.timeout_s}: must be positive")
-    target = parse_target(spec.target)
-    return asyncio.run(HttpReplay(spec, trace, target, on_event).run())
+def run_http(spec: ReplaySpec | Resolved, trace: Trace, on_event: ReplayEvent | None = None,
+             plan: ReplayPlan | None = None) -> BackendResult:
+    """The HTTP backend of ``kvbench replay`` (see module docstring) for a resolved replay (a bare spec is
+    resolved here); ``on_event`` is a test hook (see :data:`ReplayEvent`)."""
+    resolved = spec if isinstance(spec, Resolved) else resolve(spec, trace)
+    return asyncio.run(HttpReplay(resolved, plan or make_plan(resolved, trace), on_event).run())

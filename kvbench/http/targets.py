@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kvbench.errors import fail
-from kvbench.http.cluster import read_cluster
+from kvbench.http.cluster import load_cluster
 
 
 @dataclass
@@ -43,35 +43,16 @@ def parse_target(target: str, flag: str = "--target") -> Target:
     return read_cluster_file(Path(text), flag)
 
 
-def _endpoint_url(entry: Any) -> str | None:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, dict):
-        for key in ("url", "base_url", "endpoint"):
-            if isinstance(entry.get(key), str):
-                return entry[key]
-    return None
-
-
 def read_cluster_file(path: Path, flag: str = "--target") -> Target:
     """Read the endpoints (and model, block size, eviction) a cluster file records."""
     if not path.exists():
         raise fail(f"{flag} {path}: neither URLs (http://...) nor an existing cluster.json; "
                    f"start workers with `kvbench cluster up ... -o {path}`")
-    data = read_cluster(path)
-    entries = data.get("workers", data.get("endpoints"))
-    if not isinstance(entries, list) or not entries:
-        raise fail(f"{path}: no 'workers' list of endpoints; re-create it with `kvbench cluster up`")
-    urls = []
-    for i, e in enumerate(entries):
-        u = _endpoint_url(e)
-        if u is None:
-            raise fail(f"{path}: workers[{i}] has no 'url'")
-        urls.append(normalize_url(u, f"{path}: workers[{i}]"))
-    model = data.get("served_model_name") or data.get("model_name") or data.get("model")
-    first = entries[0] if isinstance(entries[0], dict) else {}
-    block = data.get("block_size", first.get("block_size"))
-    eviction = data.get("eviction", first.get("eviction"))
-    return Target(urls=urls, source=str(path), model=str(model) if model else None,
-                  block_size=int(block) if block else None, eviction=str(eviction) if eviction else None,
-                  cluster=data)
+    info, data = load_cluster(path)
+    urls = [normalize_url(w.url, f"{path}: workers[{i}]") for i, w in enumerate(info.workers)]
+    model = info.served_model_name or info.model_name or info.model
+    first = info.workers[0]
+    block = info.block_size if info.block_size is not None else first.block_size
+    eviction = info.eviction if info.eviction is not None else first.eviction
+    return Target(urls=urls, source=str(path), model=model or None, block_size=block or None,
+                  eviction=eviction or None, cluster=data)

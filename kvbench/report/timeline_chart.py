@@ -13,7 +13,7 @@ import plotly.colors
 from plotly.subplots import make_subplots
 
 from kvbench.errors import KvbenchError
-from kvbench.replay import SERVER_EVICTION
+from kvbench.resolve import SERVER_EVICTION
 from kvbench.report.charts import Chart, _layout, plot_text
 from kvbench.report.model import ReportRun
 from kvbench.timeline import read_timeline

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
 
         from kvbench.fsutil import write_text_atomic
         from kvbench.sim.calibrate import CalibrationPlan, fit, measure, steps_in_plan
-        from kvbench.sim.latency import COEFFICIENTS, load_profile, profile_toml
+        from kvbench.sim.latency import COEFFICIENTS, PROFILE_KEYS, load_profile, profile_toml
 
         urls = [u.strip().rstrip("/") for u in target.split(",") if u.strip()]
         bad = [u for u in urls if not u.startswith(("http://", "https://"))]
@@ -108,9 +108,9 @@ def register(app: typer.Typer) -> None:
         if scales:
             text = _refine_on_replays(text, output, urls, trace, scales, replay_requests, timeout, model, progress)
         write_text_atomic(output, text)
-        load_profile(str(output))  # what was written reads back
-        for k in COEFFICIENTS:
-            typer.echo(f"{k} = {getattr(load_profile(str(output)), k):.4g}", err=True)
+        written = load_profile(str(output))  # what was written reads back
+        for k in PROFILE_KEYS:
+            typer.echo(f"{k} = {getattr(written, k):.4g}", err=True)
         typer.echo(str(output))
 
 
@@ -119,7 +119,7 @@ def _refine_on_replays(text: str, output: Path, urls: list[str], trace: Path, sc
     """The isolated fit (``text``), adjusted to whole replays of ``trace``; returns the profile's TOML."""
     import tempfile
 
-    from kvbench.sim.latency import COEFFICIENTS, load_profile, profile_toml
+    from kvbench.sim.latency import PROFILE_KEYS, load_profile, profile_toml
     from kvbench.sim.refine import measure_replays, refine, simulator_for
     from kvbench.fsutil import read_toml
 
@@ -132,12 +132,14 @@ def _refine_on_replays(text: str, output: Path, urls: list[str], trace: Path, sc
     typer.echo(f"replaying {trace} at {', '.join(f'{s:g}x' for s in scales)} its arrival rate", err=True)
     points, tr = measure_replays(target, trace, scales, max_requests, timeout, model, progress)
     result = refine(base, points, simulator_for(target, tr, trace, max_requests, model))
-    coef = {k: getattr(result.profile, k) for k in COEFFICIENTS}
+    coef = {k: getattr(result.profile, k) for k in PROFILE_KEYS}
     how = (f"refined on whole replays of {trace.name} at {','.join(f'{s:g}' for s in scales)}x its arrival "
            f"rate ({sum(p.completed for p in points)} requests): mean squared log error of TTFT p50/p90/p99 "
            f"and e2e p50/p99 {result.loss_before:.3f} -> {result.loss_after:.3f} in {result.evaluations} "
            f"simulations, from the isolated fit")
     notes = {k: f"{data['notes'].get(k, '')}; {how}".lstrip("; ") for k in coef}
+    notes["request_sigma"] = ("log-normal spread of the front-end time around request_s (each request's is drawn "
+                              f"from its id), fitted on the replays only; {how}")
     fit = dict(data.get("fit", {}))
     fit.update({"replay_rate_scales": list(scales), "replay_loss_before": round(result.loss_before, 6),
                 "replay_loss_after": round(result.loss_after, 6)})

@@ -29,9 +29,10 @@ request's prompt is computed in one step, and a step takes a new prompt only whi
 Times come from :class:`kvbench.sim.latency.LatencyProfile`. Requests are released open loop at
 ``arrival_s * time_scale``; later turns of a session are released closed loop, ``think_s * time_scale``
 after the previous turn finished. A released request is routed at once (the router sits in front of the
-servers) and joins its worker's waiting queue the profile's ``request_s`` later: a server's front end
-(HTTP, tokenization) works before its engine can schedule the request, and works on many requests at once,
-so the term is a delay, not a queue. TTFT and end-to-end times count from the release, so they include it.
+servers) and joins its worker's waiting queue the profile's front-end time later (``request_s``, spread by
+``request_sigma``: :func:`kvbench.sim.latency.frontend_delay`): a server's front end (HTTP, tokenization)
+works before its engine can schedule the request, and works on many requests at once, so the term is a
+delay, not a queue. TTFT and end-to-end times count from the release, so they include it.
 The router sees routing decisions and completions only.
 """
 
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 
 from kvbench.cache import PrefixCache
 from kvbench.routing.base import Completion, Router, RouteRequest
-from kvbench.sim.latency import LatencyProfile, attn_pairs
+from kvbench.sim.latency import LatencyProfile, attn_pairs, frontend_delay
 
 _ARRIVE, _STEP, _READY = 0, 1, 2
 NULL_BLOCKS = 1  # blocks of a vLLM worker's pool that never hold KV (block 0, the null block)
@@ -336,7 +337,7 @@ class ClusterSimulator:
             return
         w = self.router.route(r.route, now)
         r.worker = w
-        delay = self.workers[w].profile.request_s
+        delay = frontend_delay(self.workers[w].profile, r.route.request_id)
         if delay > 0:
             self.push(now + delay, _READY, r)
         else:  # no event: with request_s = 0 the order of simultaneous events stays what it always was

@@ -13,7 +13,10 @@ One engine step computes some prompt chunks (prefill) and one token for each dec
 the linear layers and causal attention of new tokens; the decode terms are per-sequence compute and KV
 reads. Outside the steps, ``request_s`` is paid once per request: the front end's time between the client
 sending a request and the engine being able to schedule it (HTTP, tokenization, admission), plus any other
-constant per-request cost on the way back. A request becomes schedulable ``request_s`` after it arrives.
+constant per-request cost on the way back. A request becomes schedulable ``request_s`` after it arrives;
+with ``request_sigma`` > 0 that delay varies from request to request, log-normally around ``request_s``
+(see :func:`frontend_delay`): a real front end shares its machine, and its TTFT tail is wider than any
+constant reproduces.
 
 There is no per-output-token front-end term: vLLM detokenizes and streams in the API server process while
 the engine computes the next step, so that work overlaps the steps instead of adding to them, and any
@@ -28,6 +31,9 @@ extrapolated profile can be several times off). See docs/simulator.md.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import statistics
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,9 +44,12 @@ from kvbench.errors import fail
 from kvbench.fsutil import read_toml
 
 STEP_COEFFICIENTS = ("step_base_s", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s")
-COEFFICIENTS = (*STEP_COEFFICIENTS, "request_s")
+COEFFICIENTS = (*STEP_COEFFICIENTS, "request_s")  # the terms of time, fitted by least squares
+# the spread of the front-end time (log-normal sigma around request_s), fitted on whole replays only
+SPREAD = ("request_sigma",)
+PROFILE_KEYS = (*COEFFICIENTS, *SPREAD)
 # coefficients a profile may leave out: profiles written before the term existed load unchanged
-OPTIONAL = {"request_s": 0.0}
+OPTIONAL = {"request_s": 0.0, "request_sigma": 0.0}
 DEFAULT_PROFILE = "llama31-8b-a100"
 # [fit] keys that bound where a calibrated profile was measured
 FIT_RANGE = ("prompt_tokens_min", "prompt_tokens_max", "max_concurrency")
@@ -61,6 +70,7 @@ class LatencyProfile:
     decode_seq_s: float
     decode_ctx_s: float
     request_s: float = 0.0
+    request_sigma: float = 0.0
     notes: dict[str, str] = field(default_factory=dict)
     origin: str = ""  # built-in name or file the profile was read from
     fit_range: dict[str, int] = field(default_factory=dict)  # the [fit] bounds it has (FIT_RANGE keys)
@@ -71,7 +81,7 @@ class LatencyProfile:
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "origin": self.origin,
-                "coefficients": {k: getattr(self, k) for k in COEFFICIENTS}, "notes": dict(self.notes),
+                "coefficients": {k: getattr(self, k) for k in PROFILE_KEYS}, "notes": dict(self.notes),
                 "fitted_range": {k: self.fit_range.get(k) for k in FIT_RANGE}}
 
     def range_warning(self, prompt_min: int, prompt_max: int, trace: str = "TRACE") -> str | None:
@@ -104,11 +114,11 @@ def parse_profile(data: dict[str, Any], origin: str) -> LatencyProfile:
     coef = data.get("coefficients")
     if not isinstance(coef, dict):
         raise fail(f"{origin}: no [coefficients] table; a profile needs {', '.join(STEP_COEFFICIENTS)}")
-    unknown = sorted(set(coef) - set(COEFFICIENTS))
+    unknown = sorted(set(coef) - set(PROFILE_KEYS))
     if unknown:  # a misspelt optional coefficient would otherwise be 0 without a word
-        raise fail(f"{origin}: unknown coefficient {', '.join(unknown)} (known: {', '.join(COEFFICIENTS)})")
+        raise fail(f"{origin}: unknown coefficient {', '.join(unknown)} (known: {', '.join(PROFILE_KEYS)})")
     values = {}
-    for k in COEFFICIENTS:
+    for k in PROFILE_KEYS:
         v = coef.get(k, OPTIONAL.get(k))
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise fail(f"{origin}: coefficients.{k} must be a number >= 0 (got {v!r})")
@@ -152,8 +162,10 @@ def profile_toml(name: str, source: str, coefficients: dict[str, float], notes: 
     import tomli_w
 
     given = {**OPTIONAL, **coefficients}
+    # request_sigma only when there is a spread: profiles without one stay as they were written
+    keys = PROFILE_KEYS if given["request_sigma"] > 0 else COEFFICIENTS
     doc: dict[str, Any] = {"profile": {"name": name, "source": source},
-                           "coefficients": {k: float(given[k]) for k in COEFFICIENTS},
+                           "coefficients": {k: float(given[k]) for k in keys},
                            "notes": dict(notes)}
     doc.update({table: dict(values) for table, values in (extra or {}).items()})
     return tomli_w.dumps(doc)
@@ -174,3 +186,19 @@ def warn_outside_fit(profile: LatencyProfile, trace, max_requests: int | None = 
     if warning:
         print(f"kvbench: warning: {warning}", file=sys.stderr)
     return warning
+
+
+def frontend_delay(profile: LatencyProfile, request_id: str) -> float:
+    """The front-end time of one request: ``request_s`` times exp(``request_sigma`` * z).
+
+    z is a standard normal drawn from the request's id, not from a generator: the same request meets the same
+    delay under every router, policy and seed (common random numbers, so combinations differ only by what
+    they decide), and the draw does not depend on the order events happen in."""
+    if profile.request_sigma <= 0 or profile.request_s <= 0:
+        return profile.request_s
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8, person=b"kvbench-frontend").digest()
+    u = (int.from_bytes(digest, "little") + 0.5) / 2.0**64  # in (0, 1)
+    return profile.request_s * math.exp(profile.request_sigma * _NORMAL.inv_cdf(u))
+
+
+_NORMAL = statistics.NormalDist()

@@ -6,9 +6,11 @@ real servers at several multiples of its arrival rate, and the profile is adjust
 configured like the servers (workers, KV size, block size, scheduler limits: the same resolution
 ``kvbench validate`` uses), gives the same TTFT and end-to-end percentiles at every rate.
 
-Four numbers are searched (Nelder-Mead on their logarithms, from the isolated fit): the per-step base, the
+Five numbers are searched (Nelder-Mead, from the isolated fit): on a log scale the per-step base, the
 per-request front-end time, and one multiplier for each of the prefill and the decode terms (keeping the
-isolated fit's ratios inside a group, which a few percentiles cannot resolve). The loss is the mean squared
+isolated fit's ratios inside a group, which a few percentiles cannot resolve); and, on a linear scale, the
+spread of the front-end time (``request_sigma``), which no isolated measurement sees but the distance
+between a replay's TTFT p50 and p99 does. The loss is the mean squared
 log ratio of simulated to measured TTFT p50/p90/p99 and e2e p50/p99 over the rates: relative errors, so a
 30 ms and a 3 s percentile count alike.
 """
@@ -80,9 +82,9 @@ def loss(simulated: list[dict[str, float]], measured: list[ReplayPoint]) -> floa
 
 def scaled(base: LatencyProfile, x: np.ndarray) -> LatencyProfile:
     """The profile at search point ``x`` (natural logs of: step base, request time, prefill and decode
-    multipliers)."""
-    step, request, prefill, decode = (float(math.exp(v)) for v in x)
-    changes: dict[str, float] = {"step_base_s": step, "request_s": request}
+    multipliers; then the front-end spread itself, folded at 0)."""
+    step, request, prefill, decode = (float(math.exp(v)) for v in x[:4])
+    changes: dict[str, float] = {"step_base_s": step, "request_s": request, "request_sigma": abs(float(x[4]))}
     changes.update({k: getattr(base, k) * prefill for k in PREFILL_TERMS})
     changes.update({k: getattr(base, k) * decode for k in DECODE_TERMS})
     return replace(base, **changes)
@@ -95,13 +97,13 @@ def start_point(base: LatencyProfile) -> np.ndarray:
     at a millisecond, the order of an engine step's fixed cost, and a zero front-end term at the step base:
     far below its real size a term moves no percentile, and a search finds no direction on a flat loss."""
     step = base.step_base_s if base.step_base_s > 0 else START_S
-    return np.log([step, max(base.request_s, step), 1.0, 1.0])
+    return np.append(np.log([step, max(base.request_s, step), 1.0, 1.0]), base.request_sigma)
 
 
 def refine(base: LatencyProfile, measured: list[ReplayPoint],
            simulate: Callable[[LatencyProfile, ReplayPoint], dict[str, float]],
            max_evaluations: int = 300) -> RefineResult:
-    """Search the four numbers that make ``simulate`` match ``measured`` (``simulate`` runs the trace on
+    """Search the five numbers that make ``simulate`` match ``measured`` (``simulate`` runs the trace on
     the simulator configured like the servers, at the point's time scale, and returns its percentiles)."""
     from scipy.optimize import minimize
 
@@ -157,7 +159,8 @@ def measure_replays(target: str, trace_path: Path, scales: list[float], max_requ
                     timeout_s: float, model: str | None, progress: bool) -> tuple[list[ReplayPoint], Any]:
     """Replay the trace on the real servers at each rate scale (round robin, caches reset before each)."""
     from kvbench.http.replay import run_http
-    from kvbench.replay import SERVER_EVICTION, ReplaySpec, validate_spec
+    from kvbench.resolve import SERVER_EVICTION
+    from kvbench.spec import ReplaySpec
     from kvbench.trace import read_trace
 
     trace = read_trace(trace_path)
@@ -167,8 +170,7 @@ def measure_replays(target: str, trace_path: Path, scales: list[float], max_requ
             spec = ReplaySpec(trace=trace_path, output=Path(tmp) / f"x{scale:g}", target=target,
                               eviction=SERVER_EVICTION, router="round_robin", time_scale=1.0 / scale, max_requests=max_requests,
                               timeout_s=timeout_s, model=model, progress=progress, reset_cache=True)
-            validate_spec(spec)
-            rows = run_http(spec, trace).rows
+            rows = run_http(spec, trace).rows  # resolved (every flag checked) there
             pts = percentiles(rows)
             if not pts:
                 raise fail(f"--replay-rate-scale {scale:g}: no request of {trace_path} completed on {target}; "
@@ -181,8 +183,8 @@ def measure_replays(target: str, trace_path: Path, scales: list[float], max_requ
 def simulator_for(target: str, trace, trace_path: Path, max_requests: int | None,
                   model: str | None) -> Callable[[LatencyProfile, ReplayPoint], dict[str, float]]:
     """A function running the trace on the simulator configured like ``target``'s servers."""
-    from kvbench.replay import ReplaySpec
     from kvbench.sim.run import run_sim
+    from kvbench.spec import ReplaySpec
     from kvbench.validate.targets import Flags, resolve_targets
 
     (resolved,) = resolve_targets(target, Flags(model=model))

@@ -6,13 +6,14 @@ import math
 from dataclasses import fields, replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from kvbench.cache import POLICIES, PrefixCache, make_policy
+from kvbench.cache import PrefixCache, make_policy
 from kvbench.cache.prefix import CacheStats
-from kvbench.errors import fail
-from kvbench.replay import BackendResult, ReplaySpec
+from kvbench.plan import ReplayPlan, make_plan
+from kvbench.progress import ReplayProgress
+from kvbench.record import BackendResult, RowRecorder
+from kvbench.resolve import Resolved, resolve
 from kvbench.routing import Completion, Router, RouterConfig, RouteRequest, make_router
 from kvbench.sim.engine import (
     NULL_BLOCKS,
@@ -22,9 +23,38 @@ from kvbench.sim.engine import (
     Worker,
     use_generated_history,
 )
-from kvbench.sim.latency import LatencyProfile, load_profile, warn_outside_fit
+from kvbench.sim.latency import LatencyProfile, warn_outside_fit
+from kvbench.spec import ReplaySpec
 from kvbench.timeline import SimSampler
-from kvbench.trace import Trace, replay_order, warmup_mask
+from kvbench.trace import Trace
+
+
+def build_requests(plan: ReplayPlan) -> tuple[list[SimRequest], list[tuple[float, SimRequest]]]:
+    """The plan's requests numbered by position, each session's turns chained; returns them and the
+    releases of the plan's units (open-loop requests and session heads)."""
+    df = plan.trace.df
+    hashes = plan.hashes
+    cols = {c: df[c].to_numpy() for c in ("request_id", "input_tokens", "output_tokens", "session_id",
+                                          "prompt", "prompt_token_ids")}
+    think = plan.think_s
+    reqs: list[SimRequest] = []
+    for k, i in enumerate(plan.order.tolist()):
+        h = hashes[i]
+        route = RouteRequest(
+            request_id=str(cols["request_id"][i]), input_tokens=int(cols["input_tokens"][i]),
+            output_tokens=int(cols["output_tokens"][i]), hash_ids=h,
+            prompt_token_ids=_none(cols["prompt_token_ids"][i]), prompt=_none(cols["prompt"][i]),
+            session_id=_none(cols["session_id"][i]))
+        r = SimRequest(k, route, h.tolist(), plan.block_size)
+        r.think_s = float(think[i])
+        reqs.append(r)
+    first = []
+    for unit in plan.units:
+        turns = [reqs[k] for k in unit.positions]
+        first.append((unit.start_s, turns[0]))
+        for a, b in zip(turns, turns[1:]):
+            a.next_turn = b
+    return reqs, first
 
 
 def _none(v: Any) -> Any:
@@ -33,84 +63,29 @@ def _none(v: Any) -> Any:
     return v
 
 
-def build_requests(trace: Trace, spec: ReplaySpec, order: np.ndarray | None = None
-                   ) -> tuple[list[SimRequest], list[tuple[float, SimRequest]]]:
-    """Requests in replay order, sessions chained turn to turn; returns them and the open-loop releases.
-    With ``--warmup`` the warm-up's requests come first (``order``: :func:`replay_positions`' rows, if the
-    caller has them already)."""
-    df = trace.df
-    if order is None:
-        order = replay_positions(trace, spec)[0]
-    hashes = trace.hash_ids_at(spec.block_size)
-    cols = {c: df[c].to_numpy() for c in ("request_id", "input_tokens", "output_tokens", "session_id", "turn",
-                                          "arrival_s", "think_s", "prompt", "prompt_token_ids")}
-    reqs: list[SimRequest] = []
-    sessions: dict[str, list[SimRequest]] = {}
-    first: list[tuple[float, SimRequest]] = []
-    scale = spec.time_scale
-    for k, i in enumerate(order.tolist()):
-        session = _none(cols["session_id"][i])
-        h = hashes[i]
-        route = RouteRequest(
-            request_id=str(cols["request_id"][i]), input_tokens=int(cols["input_tokens"][i]),
-            output_tokens=int(cols["output_tokens"][i]), hash_ids=h,
-            prompt_token_ids=_none(cols["prompt_token_ids"][i]), prompt=_none(cols["prompt"][i]),
-            session_id=session)
-        r = SimRequest(k, route, h.tolist(), spec.block_size)
-        r.think_s = float(cols["think_s"][i]) * scale
-        reqs.append(r)
-        if session is None:
-            first.append((float(cols["arrival_s"][i]) * scale, r))
-        else:
-            sessions.setdefault(session, []).append(r)
-    turn = cols["turn"]
-    for turns in sessions.values():
-        turns.sort(key=lambda r: (int(turn[order[r.idx]]), r.idx))
-        head = turns[0]
-        first.append((float(cols["arrival_s"][order[head.idx]]) * scale, head))
-        for a, b in zip(turns, turns[1:]):
-            a.next_turn = b
-    first.sort(key=lambda x: (x[0], x[1].idx))
-    return reqs, first
-
-
-def replay_positions(trace: Trace, spec: ReplaySpec) -> tuple[np.ndarray, int]:
-    """Trace rows in the order the simulator numbers its requests, and how many of them are warm-up.
-
-    Replay order cut by ``--max-requests``, with the warm-up's rows moved first: they are released first,
-    and belady's future, indexed by this number, then follows the order requests really arrive in.
-    """
-    order = replay_order(trace.df)
-    if spec.max_requests is not None:
-        order = order[: spec.max_requests]
-    if not spec.warmup:
-        return order, 0
-    warm = warmup_mask(trace.df.iloc[order].reset_index(drop=True), spec.warmup)
-    return np.concatenate([order[warm], order[~warm]]), int(warm.sum())
-
-
-def run_sim(spec: ReplaySpec, trace: Trace, profile: LatencyProfile | None = None) -> BackendResult:
-    """``profile`` (a profile object, e.g. one being fitted) replaces ``spec.profile`` and is not warned about."""
-    if spec.eviction not in POLICIES:
-        raise fail(f"--eviction {spec.eviction}: unknown eviction policy (known: {', '.join(POLICIES)})")
-    if profile is None:
-        profile = load_profile(spec.profile)
-        range_warning = warn_outside_fit(profile, trace, spec.max_requests)
-    else:
-        range_warning = None
-    capacity = None if spec.cache_tokens is None else spec.cache_tokens // spec.block_size
+def run_sim(spec: ReplaySpec | Resolved, trace: Trace, profile: LatencyProfile | None = None,
+            plan: ReplayPlan | None = None) -> BackendResult:
+    """Simulate a resolved replay (a bare spec is resolved here). ``profile`` (a profile object, e.g. one being
+    fitted) replaces the spec's and is not warned about."""
+    resolved = spec if isinstance(spec, Resolved) else resolve(spec, trace, profile=profile)
+    plan = plan or make_plan(resolved, trace)
+    spec = resolved.spec
+    profile_obj = resolved.profile
+    assert profile_obj is not None
+    range_warning = warn_outside_fit(profile_obj, trace, spec.max_requests) if profile is None else None
+    capacity = None if spec.cache_tokens is None else spec.cache_tokens // plan.block_size
     belady: dict[str, Any] = {}
     if spec.eviction == "belady":
-        run, router, belady = _belady_passes(spec, trace, profile, capacity)
+        run, router, belady = _belady_passes(resolved, plan, capacity)
     else:
-        run = _Pass(spec, trace, profile, capacity)
+        run = _Pass(resolved, plan, capacity)
         router = run.router
     reqs, workers, sim, interrupted = run.reqs, run.workers, run.sim, run.interrupted
-    rows = result_rows(trace, reqs, run.n_warmup)
+    rows = result_rows(plan, reqs)
     stats = run.measured_stats()  # the counters since the warm-up's barrier
     queried = sum(s.queries_tokens for s in stats)
     config = {
-        "profile": {**profile.to_config(), "range_warning": range_warning},
+        "profile": {**profile_obj.to_config(), "range_warning": range_warning},
         "simulator": {"chunked_prefill": spec.chunked_prefill, "cache_blocks_per_worker": capacity,
                       "allocation": "block by block per step, preempting the last admitted (vLLM v1)",
                       "usable_blocks_per_worker": None if capacity is None else capacity - NULL_BLOCKS,
@@ -127,8 +102,8 @@ def run_sim(spec: ReplaySpec, trace: Trace, profile: LatencyProfile | None = Non
         config["simulator"]["warmup"] = {"requests": run.n_warmup, "barrier_s": run.barrier_s,
                                          "shift_s": run.shift_s}
     hit_rates = {"cache_counters": (sum(s.hit_tokens for s in stats) / queried) if queried else None}
-    return BackendResult(rows=rows, workers=[f"sim-{w}" for w in range(spec.workers)], config=config,
-                         hit_rates=hit_rates, interrupted=interrupted,
+    return BackendResult(rows=rows, workers=[f"sim-{w}" for w in range(spec.workers)], resolved=resolved,
+                         config=config, hit_rates=hit_rates, interrupted=interrupted,
                          timeline=None if run.sampler is None else run.sampler.frame())
 
 
@@ -139,11 +114,12 @@ class _Pass:
     routing to repeat instead of consulting the router) serve ``belady`` only.
     """
 
-    def __init__(self, spec: ReplaySpec, trace: Trace, profile: LatencyProfile, capacity: int | None,
+    def __init__(self, resolved: Resolved, plan: ReplayPlan, capacity: int | None,
                  futures: list[tuple[list[list[int]], list[int]]] | None = None,
                  replay: list[int] | None = None, label: str = "") -> None:
-        order, self.n_warmup = replay_positions(trace, spec)  # the warm-up's requests are numbered first
-        self.reqs, first = build_requests(trace, spec, order)
+        spec = resolved.spec
+        self.n_warmup = plan.n_warmup  # the warm-up's requests are numbered first
+        self.reqs, first = build_requests(plan)
         self.barrier_s: float | None = None
         self.shift_s: float | None = None
         self._at_barrier: list[CacheStats] | None = None
@@ -154,9 +130,9 @@ class _Pass:
         for w in range(spec.workers):
             future, hittable = futures[w] if futures is not None else (None, None)
             policy = make_policy(spec.eviction, seed=spec.seed * 1000 + w, future=future, hittable=hittable,
-                                 **spec.eviction_params)
-            self.workers.append(Worker(w, PrefixCache(capacity, policy, spec.block_size), profile, sched))
-        self.router = make_router(spec.router, RouterConfig(workers=spec.workers, block_size=spec.block_size,
+                                 typed=True, **spec.eviction_params)
+            self.workers.append(Worker(w, PrefixCache(capacity, policy, plan.block_size), resolved.profile, sched))
+        self.router = make_router(spec.router, RouterConfig(workers=spec.workers, block_size=plan.block_size,
                                                             seed=spec.seed, params=dict(spec.router_params),
                                                             cache_blocks=capacity))
         routing: Any = self.router
@@ -164,8 +140,8 @@ class _Pass:
             routing = _ReplayRouting(replay, self.reqs)
         elif futures is not None and spec.workers > 1:
             routing = _DropElsewhere(self.router, self.reqs, [w.cache.policy for w in self.workers])
-        progress = _Progress(len(self.reqs), f"sim {spec.eviction} x {spec.router}{label}", spec.progress)
-        self.sim = ClusterSimulator(self.workers, routing, self.reqs, on_done=progress.done)
+        progress = ReplayProgress(len(self.reqs), f"sim {spec.eviction} x {spec.router}{label}", spec.progress)
+        self.sim = ClusterSimulator(self.workers, routing, self.reqs, on_done=lambda _r: progress.advance())
         self.sampler = SimSampler(self.workers, spec.scrape_interval_s) if spec.scrape_interval_s else None
         self.sim.on_time = self.sampler
         self.interrupted = False
@@ -266,7 +242,7 @@ class _ReplayRouting:
         pass
 
 
-def _belady_passes(spec: ReplaySpec, trace: Trace, profile: LatencyProfile,
+def _belady_passes(resolved: Resolved, plan: ReplayPlan,
                    capacity: int | None) -> tuple[_Pass, Router, dict[str, Any]]:
     """Runs belady so that each worker's future is the requests routed to it.
 
@@ -278,9 +254,10 @@ def _belady_passes(spec: ReplaySpec, trace: Trace, profile: LatencyProfile,
     router, so every worker's future is exact for that routing. Returns the final pass, the router whose
     state to record (the last one consulted) and the run.json entries.
     """
-    reqs = build_requests(trace, spec)[0]
+    spec = resolved.spec
+    reqs = build_requests(plan)[0]
     n = spec.workers
-    knobs = make_policy("belady", future=[], **spec.eviction_params)
+    knobs = make_policy("belady", future=[], typed=True, **spec.eviction_params)
     max_passes, force = (knobs.passes, knobs.force_final) if n > 1 else (1, False)
     futures = [_policy_future(reqs, capacity)] * n
     assumed: list[int] | None = None
@@ -289,7 +266,7 @@ def _belady_passes(spec: ReplaySpec, trace: Trace, profile: LatencyProfile,
     converged = n == 1  # one worker: the whole trace is its future
     for k in range(1, max_passes + 1):
         replay = assumed if force and k == max_passes else None
-        run = _Pass(spec, trace, profile, capacity, futures, replay,
+        run = _Pass(resolved, plan, capacity, futures, replay,
                     f" (belady pass {k}/{max_passes})" if max_passes > 1 else "")
         if replay is None:
             router = run.router
@@ -343,70 +320,14 @@ def _belady_statement(workers: int, info: dict[str, Any]) -> str:
             "requests to workers, and another policy under the same router may route differently.")
 
 
-def result_rows(trace: Trace, reqs: list[SimRequest], warmup: int = 0) -> pd.DataFrame:
-    """One row per request; the first ``warmup`` (numbered first by build_requests) are marked warm-up."""
-    df = trace.df
-    by_id = pd.Series(np.arange(len(df)), index=df["request_id"].astype(str))
-    rows_idx = by_id[[r.route.request_id for r in reqs]].to_numpy()
-    nan = float("nan")
-    arrival, sent, first_s, done_s, ttft, e2e, tpot, itl, cached, status, error, worker = ([] for _ in range(12))
+def result_rows(plan: ReplayPlan, reqs: list[SimRequest]) -> pd.DataFrame:
+    """One row per request, in plan order (the warm-up's first, marked by the plan)."""
+    rec = RowRecorder(plan)
     for r in reqs:
-        rel = nan if r.release_s is None else r.release_s
-        ok = r.status == "ok"
-        arrival.append(rel)
-        sent.append(rel if r.worker >= 0 else nan)
-        first_s.append(r.first_s if r.first_s is not None else nan)
-        done_s.append(r.done_s if r.done_s is not None else nan)
-        ttft.append(r.first_s - rel if ok else nan)
-        e2e.append(r.done_s - rel if ok else nan)
-        tpot.append((r.done_s - r.first_s) / (r.output - 1) if ok and r.output > 1 else nan)
-        itl.append(np.diff(r.token_s).tolist() if ok and len(r.token_s) > 1 else None)
-        cached.append(r.cached if r.adm is not None else None)
-        status.append(r.status)
-        error.append(r.error)
-        worker.append(r.worker)
-    sub = df.iloc[rows_idx]
-    return pd.DataFrame({
-        "request_id": [r.route.request_id for r in reqs],
-        "session_id": sub["session_id"].to_numpy(),
-        "turn": sub["turn"].to_numpy(),
-        "group_id": sub["group_id"].to_numpy(),
-        "worker": worker, "arrival_s": arrival, "sent_s": sent, "first_token_s": first_s, "done_s": done_s,
-        "ttft_s": ttft, "e2e_s": e2e, "tpot_s": tpot, "itl_s": itl,
-        # output_tokens: what was generated (the engine samples at least one token), not the trace's value
-        "input_tokens": [r.input for r in reqs], "output_tokens": [r.generated for r in reqs],
-        "cached_tokens": pd.array(cached, dtype="Int64"), "status": status, "error": error,
-        "warmup": [r.idx < warmup for r in reqs],
-    })
-
-
-class _Progress:
-    """A rich progress bar over finished requests, refreshed every ~0.5% to keep the hot loop cheap."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total = total
-        self.enabled = enabled
-        self.count = 0
-        self.every = max(1, total // 200)
-        self._bar = None
-        self.label = label
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task(self.label, total=self.total)
-        return self
-
-    def done(self, _r: SimRequest) -> None:
-        self.count += 1
-        if self._bar is not None and (self.count % self.every == 0 or self.count == self.total):
-            self._bar.update(self._task, completed=self.count)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.count)
-            self._bar.stop()
+        routed = r.worker >= 0
+        rec.record(int(plan.order[r.idx]), worker=r.worker, status=r.status, error=r.error,
+                   arrival_s=r.release_s, sent_s=r.release_s if routed else None, first_token_s=r.first_s,
+                   done_s=r.done_s, token_times=r.token_s, input_tokens=r.input,
+                   # what was generated (the engine samples at least one token), not the trace's value
+                   output_tokens=r.generated, cached_tokens=r.cached if r.adm is not None else None)
+    return rec.frame(plan.order)

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay a trace on real workers and on the simulator configured like them: do they agree?"""
         from kvbench.params import parse_key_values
-        from kvbench.replay import split_list
+        from kvbench.resolve import split_list
         from kvbench.validate.run import ValidateSpec, run_validate
         from kvbench.validate.targets import Flags
 

@@ -20,7 +20,10 @@ from typing import Any
 
 from kvbench.errors import fail
 from kvbench.fsutil import write_text_atomic
-from kvbench.replay import ReplaySpec, check_block_size, replayed_warmup, run_replay, validate_spec
+from kvbench.plan import make_plan
+from kvbench.replay import run_replay
+from kvbench.resolve import check_block_multiple, resolve
+from kvbench.spec import ReplaySpec
 from kvbench.results import RUN_FILE
 from kvbench.validate import compare
 from kvbench.validate.record import (
@@ -122,16 +125,10 @@ def plan(spec: ValidateSpec, resolved: list[ResolvedTarget], profile: Setting) -
 def check_plan(planned: list[Planned], trace) -> None:
     """Every spec passes the checks `kvbench replay` makes, before anything runs."""
     for p in planned:
-        validate_spec(p.sim)
-        check_block_size(p.sim, trace)
-        replayed_warmup(p.sim, trace)
+        make_plan(resolve(p.sim, trace), trace)  # its flags, block size and warm-up
         for s in p.real:
-            validate_spec(s)
-        bs = int(p.config.block_size.value)
-        if bs % trace.block_size:
-            raise fail(f"{p.config.target}: the servers' block size {bs} is not a multiple of the trace's "
-                       f"{trace.block_size} ({trace.path}); regenerate the trace with a block size dividing "
-                       f"{bs}")
+            resolve(s)
+        check_block_multiple(int(p.config.block_size.value), f"{p.config.target}'s servers", trace)
 
 
 def prepare_output(out: Path, overwrite: bool) -> bool:

@@ -26,7 +26,8 @@ import aiohttp
 from kvbench.errors import fail
 from kvbench.http import metrics
 from kvbench.http.targets import Target, parse_target
-from kvbench.replay import SERVER_EVICTION, ReplaySpec
+from kvbench.resolve import SERVER_EVICTION
+from kvbench.spec import ReplaySpec
 from kvbench.validate.record import Setting, TargetConfig
 
 # vLLM's own eviction, as the simulator models it (tests/real_vllm/test_plugin_fidelity.py checks that the

@@ -38,12 +38,11 @@ from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from kvbench.cache import make_policy
 from kvbench.cache.policy import EvictionPolicy
 from kvbench.hashing import block_content_hashes, chain
-from kvbench.vllm_plugin.config import PolicyConfig
+from kvbench.vllm_plugin.config import POLICY_MARKER, PolicyConfig
 from kvbench.vllm_plugin.free_queue import PolicyFreeQueue
 
 logger = init_logger("vllm.kvbench_plugin")
 
-MARKER = "kvbench eviction policy"  # `kvbench cluster up` looks for this line in the server log
 
 _MASK64 = (1 << 64) - 1
 
@@ -105,7 +104,7 @@ class PolicyBlockPool(BlockPool):
         null = self.free_block_queue.popleft()
         assert null is self.null_block, "the null block must come first"
         logger.info(
-            "%s %r (seed %d, params %s) manages %d blocks", MARKER, cfg.name, cfg.seed, cfg.params,
+            "%s %r (seed %d, params %s) manages %d blocks", POLICY_MARKER, cfg.name, cfg.seed, cfg.params,
             self.num_gpu_blocks - 1,
         )
 
@@ -333,4 +332,5 @@ def install(config: PolicyConfig) -> None:
     PolicyBlockPool.config = config
     coordinator.BlockPool = PolicyBlockPool
     scheduler.KVCacheManager = PolicyKVCacheManager
-    scheduler.KVConnectorFactory = checked_connector_factory(scheduler.KVConnectorFactory)
+    scheduler.KVConnectorFactory = checked_connector_factory(
+        scheduler.KVConnectorFactory, lambda: None if PolicyBlockPool.config is None else PolicyBlockPool.config.name)

@@ -20,6 +20,8 @@ ENV_NAME = "KVBENCH_EVICTION"
 ENV_SEED = "KVBENCH_EVICTION_SEED"
 ENV_PARAMS = "KVBENCH_EVICTION_PARAMS"
 NATIVE = "vllm"  # vLLM's own eviction (its LRU free queue), no plugin
+# logged once by the plugin's block pool when it starts; `kvbench cluster up` looks for it in the server log
+POLICY_MARKER = "kvbench eviction policy"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ exits before serving and ``kvbench cluster up`` reports the line from the server
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kvbench.errors import fail
 from kvbench.vllm_plugin.free_queue import NO_EVICTION_ORDER
 
@@ -85,8 +87,11 @@ def refuse_unsupported_connector(connector, vllm_config, policy_name: str) -> No
         )
 
 
-def checked_connector_factory(factory):
-    """``factory`` (vLLM's KVConnectorFactory), refusing connectors the policy cannot work with."""
+def checked_connector_factory(factory, policy_name: Callable[[], str | None]):
+    """``factory`` (vLLM's KVConnectorFactory), refusing connectors the policy cannot work with.
+
+    ``policy_name`` says which policy the block pool runs when a connector is made (None: none), which is
+    known only then: the pool's module installs this factory, so it passes the question in."""
     if getattr(factory, "_kvbench_checked", False):
         return factory
 
@@ -96,10 +101,9 @@ def checked_connector_factory(factory):
         @classmethod
         def create_connector(cls, config, role, kv_cache_config):
             connector = super().create_connector(config, role, kv_cache_config)
-            from kvbench.vllm_plugin.block_pool import PolicyBlockPool
-
-            if PolicyBlockPool.config is not None:
-                refuse_unsupported_connector(connector, config, PolicyBlockPool.config.name)
+            name = policy_name()
+            if name is not None:
+                refuse_unsupported_connector(connector, config, name)
             return connector
 
     return KvbenchCheckedConnectorFactory

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from kvbench.errors import fail
 
-ARRIVAL_KINDS = ("poisson", "gamma", "constant", "trace")
+ArrivalKind = Literal["poisson", "gamma", "constant", "trace"]
+ARRIVAL_KINDS: tuple[str, ...] = get_args(ArrivalKind)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal, get_args
 
 import numpy as np
 
@@ -27,7 +27,8 @@ from kvbench.workloads.build import Rows, tracked, warn
 from kvbench.workloads.readers import Row, as_text, hub_rows, records
 from kvbench.workloads.text import Segment, TextCodec, join
 
-DATASETS = ("sharegpt", "ultrachat")
+Dataset = Literal["sharegpt", "ultrachat"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
 EXPECTED = {
     "sharegpt": "ShareGPT JSON (a list of {'id', 'conversations': [{'from', 'value'}]})",
     "ultrachat": "UltraChat JSONL (one object per line with 'messages': [{'role', 'content'}] "
@@ -157,7 +158,7 @@ def load_conversations(dataset: str, input_path: Path | None) -> tuple[list[Conv
 
 
 @dataclass
-class ConversationConfig:
+class ConversationSettings:
     dataset: str
     conversations: int
     turns: list[int] | None  # None: each conversation's own recorded turns
@@ -177,7 +178,7 @@ class Turn:
 class TurnSource:
     """Encodes recorded turns to their exact token budgets, or invents them for --synthetic."""
 
-    def __init__(self, cfg: ConversationConfig, codec: TextCodec, rng: np.random.Generator):
+    def __init__(self, cfg: ConversationSettings, codec: TextCodec, rng: np.random.Generator):
         self.cfg, self.codec, self.rng = cfg, codec, rng
 
     def _answer_length(self, recorded: int | None) -> int:
@@ -207,7 +208,7 @@ class TurnSource:
 
 
 def pick_conversations(
-    convs: list[Conversation], cfg: ConversationConfig, rng: np.random.Generator
+    convs: list[Conversation], cfg: ConversationSettings, rng: np.random.Generator
 ) -> list[tuple[Conversation, int]]:
     """The first ``conversations`` of a seeded shuffle, each with all its recorded turns; with ``turns``,
     session ``i`` (``turns[i % len(turns)]`` turns) takes the next shuffled conversation with enough
@@ -242,7 +243,7 @@ def _fill_turn_slots(pool: list[Conversation], turns: list[int], n: int) -> list
 
 
 def generate_conversations(
-    cfg: ConversationConfig,
+    cfg: ConversationSettings,
     convs: list[Conversation] | None,
     codec: TextCodec,
     rng: np.random.Generator,

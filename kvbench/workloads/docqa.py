@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 
@@ -27,8 +27,10 @@ from kvbench.workloads.build import Rows, tracked, warn
 from kvbench.workloads.readers import Row, as_text, hub_rows, read_table, records
 from kvbench.workloads.text import Segment, TextCodec, join
 
-DATASETS = ("quality", "wikiqa", "loogle")
-SAMPLING = ("windows", "shuffled")
+Dataset = Literal["quality", "wikiqa", "loogle"]
+Sampling = Literal["windows", "shuffled"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+SAMPLING: tuple[str, ...] = get_args(Sampling)
 DEFAULT_SAMPLING = {"quality": "windows", "wikiqa": "windows", "loogle": "shuffled"}
 EXPECTED = {
     "quality": "QuALITY JSONL (one object per line with 'article' and "
@@ -346,7 +348,7 @@ def sample_shuffled(
 
 
 @dataclass
-class DocqaConfig:
+class DocqaSettings:
     dataset: str
     sampling: str
     requests: int | None
@@ -360,7 +362,7 @@ class DocqaConfig:
 
 
 def generate_docqa(
-    cfg: DocqaConfig, docs: list[Document], codec: TextCodec, rng: np.random.Generator, with_text: bool
+    cfg: DocqaSettings, docs: list[Document], codec: TextCodec, rng: np.random.Generator, with_text: bool
 ) -> Rows:
     if cfg.doc_tokens is not None:
         docs = cut_documents(docs, cfg.doc_tokens, codec, rng)

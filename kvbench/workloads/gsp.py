@@ -9,6 +9,7 @@ SGLang bench_serving's defaults (64 groups x 16, a 2,048-token system prompt plu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -16,34 +17,36 @@ from kvbench.workloads.arrivals import ArrivalSpec, arrival_times
 from kvbench.workloads.build import Rows
 from kvbench.workloads.text import TextCodec
 
-ORDERS = ("random", "grouped", "interleaved")
+Order = Literal["random", "grouped", "interleaved"]
+ORDERS: tuple[str, ...] = get_args(Order)
 
-PRESETS: dict[str, dict[str, object]] = {
-    "rlt": dict(
-        groups=128,
-        prompts_per_group=32,
-        lengths=[512, 1024, 2048, 4096, 8192],
-        shared_fraction=0.5,
-        system_tokens=None,
-        question_tokens=None,
-        output_tokens=4,
-        rate=12.0,
-    ),
-    "sglang": dict(
-        groups=64,
-        prompts_per_group=16,
-        lengths=None,
-        shared_fraction=None,
-        system_tokens=2048,
-        question_tokens=128,
-        output_tokens=256,
-        rate=float("inf"),
-    ),
+
+@dataclass(frozen=True)
+class GspPreset:
+    """Defaults a --preset gives; an explicit option overrides its value."""
+
+    groups: int
+    prompts_per_group: int
+    output_tokens: int
+    rate: float
+    # The prompt shape when --lengths or --shared-fraction is given, or the preset has no system prompt.
+    lengths: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
+    shared_fraction: float = 0.5
+    system_tokens: int | None = None  # set: a system prompt plus a question by default
+    question_tokens: int = 0
+
+
+PRESETS = {
+    "rlt": GspPreset(groups=128, prompts_per_group=32, output_tokens=4, rate=12.0),
+    "sglang": GspPreset(groups=64, prompts_per_group=16, output_tokens=256, rate=float("inf"),
+                        system_tokens=2048, question_tokens=128),
 }
 
 
 @dataclass
-class GspConfig:
+class GspSettings:
+    """The resolved shape the generator runs on (recorded in the trace as params['resolved'])."""
+
     groups: int
     prompts_per_group: int
     lengths: list[int] | None  # prompt length per group, cycling; or system + question tokens
@@ -74,7 +77,7 @@ def request_order(groups: int, per_group: int, order: str, rng: np.random.Genera
     return rng.permutation(groups * per_group)
 
 
-def generate_gsp(cfg: GspConfig, codec: TextCodec, seed: int, with_text: bool) -> Rows:
+def generate_gsp(cfg: GspSettings, codec: TextCodec, seed: int, with_text: bool) -> Rows:
     rng = np.random.default_rng(seed)
     shapes = [cfg.group_shape(g) for g in range(cfg.groups)]
     prefixes = [codec.random_ids(rng, shared) for shared, _ in shapes]

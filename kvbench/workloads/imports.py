@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from kvbench.workloads.build import Rows, tracked
 from kvbench.workloads.readers import Row, lengths_field, read_table, records
 from kvbench.workloads.text import TextCodec
 
-FORMATS = ("mooncake", "bailian", "azure")
+Format = Literal["mooncake", "bailian", "azure"]
+FORMATS: tuple[str, ...] = get_args(Format)
 SOURCE_BLOCK = {"mooncake": 512, "bailian": 16, "azure": 0}
 EXPECTED = {
     "mooncake": "Mooncake JSONL (timestamp in ms, input_length, output_length, hash_ids)",
@@ -233,7 +234,7 @@ def synthesize_tokens(
 
 
 @dataclass
-class ImportConfig:
+class ImportSettings:
     fmt: str
     time_scale: float
     arrival: ArrivalSpec
@@ -272,7 +273,7 @@ def sessions_of(src: SourceRequests) -> tuple[list[int | None], list[int], list[
 
 
 def generate_import(
-    cfg: ImportConfig,
+    cfg: ImportSettings,
     src: SourceRequests,
     codec: TextCodec,
     seed: int,

@@ -17,7 +17,8 @@ from tests.sim.sim_traces import make_trace
 
 from kvbench.cache import POLICIES, PrefixCache, make_policy
 from kvbench.cache.belady import _NEVER
-from kvbench.replay import BackendResult, ReplaySpec
+from kvbench.record import BackendResult
+from kvbench.spec import ReplaySpec
 from kvbench.sim import run as sim_run
 from kvbench.trace import read_trace
 
@@ -273,8 +274,8 @@ def test_each_worker_plans_for_exactly_the_requests_it_serves(request, trace, ro
     passes: list = []
     original = sim_run._Pass.__init__
 
-    def spy(self, spec, trace, profile, capacity, futures=None, replay=None, label=""):
-        original(self, spec, trace, profile, capacity, futures, replay, label)
+    def spy(self, resolved, plan, capacity, futures=None, replay=None, label=""):
+        original(self, resolved, plan, capacity, futures, replay, label)
         passes.append((futures, self.reqs))
 
     monkeypatch.setattr(sim_run._Pass, "__init__", spy)

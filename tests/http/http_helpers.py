@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from kvbench.hashing import block_hashes
-from kvbench.replay import ReplaySpec
+from kvbench.spec import ReplaySpec
 from kvbench.trace import Trace, TraceMeta
 
 

@@ -19,10 +19,12 @@ def test_open_loop_send_times_follow_the_trace(tmp_path, fake_server):
     np.testing.assert_allclose(df["arrival_s"], np.arange(25) * 0.03)
     lag = (df["sent_s"] - df["arrival_s"]).to_numpy()
     assert (lag >= 0).all()
-    # the server saw the same spacing as the trace (generous bound: shared CI machine)
+    # the server saw the trace's spacing: judged by the median gap, as a stall of the shared machine may delay
+    # any one request (never early: lag >= 0 above), while a client that bunched or spread its sends moves
+    # the median
     seen = np.array([r.t for r in srv.received if "prompt" in r.body and len(r.body["prompt"]) == 40])
     assert len(seen) == 25
-    np.testing.assert_allclose(np.diff(seen), 0.03, atol=0.02)
+    assert np.median(np.diff(seen)) == pytest.approx(0.03, abs=0.01)
     lag_cfg = res.config["send_lag"]
     assert lag_cfg["n"] == 25 and lag_cfg["p50_ms"] <= lag_cfg["p99_ms"] <= lag_cfg["max_ms"]
     requests_table(res.rows)  # rows follow the result schema
@@ -189,6 +191,6 @@ def test_block_size_not_a_multiple_of_the_trace_fails_before_sending(tmp_path, f
         run_http(spec_for(tmp_path, [srv.url], block_size=flag_bs), open_loop_trace(2, 0.0))
     msg = str(exc.value)
     bad = server_bs or flag_bs
-    assert f"block size {bad}" in msg and "block size 16" in msg and source in msg and "\n" not in msg
+    assert f"size {bad}" in msg and "block size 16" in msg and source in msg and "\n" not in msg
     assert "--block-size 8" in msg  # gcd(bad, 16): a trace block size that divides the server's
     assert srv.received == []  # not a single completion (not even the hygiene probe) was sent

@@ -8,7 +8,7 @@ from tests.http.http_helpers import open_loop_trace, spec_for, two_turn_session
 
 import kvbench.http.replay as http_replay
 import kvbench.sim.run as sim_run
-from kvbench.replay import ReplaySpec
+from kvbench.spec import ReplaySpec
 from kvbench.routing.radix import symbols
 from kvbench.tokenizer import BuiltinTokenizer
 

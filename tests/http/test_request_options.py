@@ -9,7 +9,9 @@ from tests.http.http_helpers import open_loop_trace, spec_for
 
 from kvbench.errors import KvbenchError
 from kvbench.http.request_options import parse_extra_body, parse_headers
-from kvbench.replay import ReplaySpec, run_replay, validate_spec
+from kvbench.replay import run_replay
+from kvbench.resolve import validate_spec
+from kvbench.spec import ReplaySpec
 from kvbench.trace import write_trace
 
 SECRET = "sk-do-not-record-7731"

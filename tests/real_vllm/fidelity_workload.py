@@ -53,7 +53,8 @@ def write_fidelity_trace(path: Path, ids: list[list[int]], block: int) -> Path:
 def simulate(trace: Path, out: Path, eviction: str, seed: int, block: int, kv_tokens: int) -> list[int]:
     """cached_tokens per request from `kvbench replay --target sim` (one worker with the server's KV size;
     the simulator sets aside vLLM's null block itself)."""
-    from kvbench.replay import ReplaySpec, run_replay
+    from kvbench.replay import run_replay
+    from kvbench.spec import ReplaySpec
 
     spec = ReplaySpec(trace=trace, output=out, target="sim", eviction=eviction, seed=seed, workers=1,
                       cache_tokens=kv_tokens, block_size=block, progress=False)

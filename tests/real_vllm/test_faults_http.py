@@ -23,7 +23,7 @@ import pytest
 from kvbench.hashing import block_hashes
 from kvbench.http.cluster import stop_pid
 from kvbench.http.replay import run_http
-from kvbench.replay import ReplaySpec
+from kvbench.spec import ReplaySpec
 from kvbench.trace import Trace, TraceMeta
 
 pytestmark = pytest.mark.vllm

@@ -9,7 +9,7 @@ import pytest
 
 from kvbench.hashing import block_hashes
 from kvbench.http.replay import run_http
-from kvbench.replay import ReplaySpec
+from kvbench.spec import ReplaySpec
 from kvbench.results import compute_summary, requests_table
 from kvbench.trace import Trace, TraceMeta
 

@@ -24,11 +24,14 @@ import pytest
 
 from kvbench.cache import PrefixCache, make_policy
 from kvbench.hashing import block_hashes
-from kvbench.replay import ReplaySpec, run_replay
+from kvbench.replay import run_replay
+from kvbench.spec import ReplaySpec
 from kvbench.results import read_run
 from kvbench.routing import RouterConfig, make_router
 from kvbench.sim.engine import ClusterSimulator, SchedulerConfig, Worker
 from kvbench.sim.latency import load_profile
+from kvbench.plan import make_plan
+from kvbench.resolve import resolve
 from kvbench.sim.run import build_requests, run_sim
 from kvbench.trace import TraceMeta, read_trace, write_trace
 from tests.sim.sim_traces import make_trace, write_profile
@@ -69,7 +72,7 @@ def engine(tmp_path, path, cache_tokens, block_size, history=None):
     """One worker driven directly (as kvbench.sim.run drives it), for what result files do not show."""
     spec = ReplaySpec(trace=path, output=tmp_path / "engine", block_size=block_size, cache_tokens=cache_tokens,
                       workers=1, progress=False)
-    reqs, first = build_requests(read_trace(path), spec)
+    reqs, first = build_requests(make_plan(resolve(spec), read_trace(path)))
     if history is not None:
         history(reqs)
     capacity = None if cache_tokens is None else cache_tokens // block_size

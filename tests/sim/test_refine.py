@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from kvbench.cli import app
 from kvbench.errors import KvbenchError
-from kvbench.replay import ReplaySpec
+from kvbench.spec import ReplaySpec
 from kvbench.sim.latency import LatencyProfile
 from kvbench.sim.refine import ReplayPoint, loss, percentiles, refine, scaled, start_point
 from kvbench.sim.run import run_sim
@@ -81,9 +81,10 @@ def test_search_point_maps_onto_the_profile():
     back = scaled(TRUE, x)
     assert [getattr(back, k) for k in ("step_base_s", "request_s", "prefill_token_s", "decode_ctx_s")] == \
         pytest.approx([TRUE.step_base_s, TRUE.request_s, TRUE.prefill_token_s, TRUE.decode_ctx_s], rel=1e-12)
-    y = x + np.log([2.0, 1.0, 3.0, 0.5])
+    y = x + np.append(np.log([2.0, 1.0, 3.0, 0.5]), -0.25)
     p = scaled(TRUE, y)
     assert (p.step_base_s, p.prefill_token_s, p.decode_seq_s) == pytest.approx((0.008, 9e-5, 2.5e-4))
+    assert p.request_sigma == pytest.approx(0.25)  # the spread is searched on a linear scale, folded at 0
     zero = scaled(TRUE, start_point(replace(TRUE, step_base_s=0.0, request_s=0.0)))
     assert (zero.step_base_s, zero.request_s) == pytest.approx((1e-3, 1e-3))  # zero terms start where they count
 
@@ -92,3 +93,24 @@ def test_replay_rate_scale_needs_a_trace(tmp_path):
     res = CliRunner().invoke(app, ["calibrate", "--target", "http://127.0.0.1:9", "-o", str(tmp_path / "p.toml"),
                                    "--replay-rate-scale", "1,2"])
     assert isinstance(res.exception, KvbenchError) and "--replay-rate-scale: needs --trace" in str(res.exception)
+
+
+def test_refine_finds_the_front_end_spread_of_a_wide_tailed_server(tmp_path):
+    """A server whose front-end time varies (request_sigma 0.8) has a TTFT p99 far above its p50, which no
+    constant request_s reproduces: the search, started with no spread, finds one and matches both."""
+    wide = replace(TRUE, request_s=0.01, request_sigma=0.8)
+    simulate = _simulator(_trace(tmp_path))
+    scales = (0.5, 2.0)
+    measured = [ReplayPoint(s, 1 / s, simulate(wide, ReplayPoint(s, 1 / s, {}, 0, 0)), 40, 0) for s in scales]
+    without = refine(replace(wide, request_sigma=0.0), measured, _without_spread(simulate), max_evaluations=200)
+    result = refine(replace(wide, request_sigma=0.0), measured, simulate, max_evaluations=300)
+    assert result.profile.request_sigma == pytest.approx(0.8, abs=0.2)
+    assert result.loss_after < 0.01 < without.loss_after
+    for r in result.per_rate:
+        for key in ("ttft_s p50", "ttft_s p99"):
+            assert r["simulated"][key] == pytest.approx(r["measured"][key], rel=0.1), (r["rate_scale"], key)
+
+
+def _without_spread(simulate):
+    """The simulator with every profile's spread forced to 0: what the search could reach before the term."""
+    return lambda profile, point: simulate(replace(profile, request_sigma=0.0), point)

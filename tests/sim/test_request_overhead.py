@@ -8,14 +8,16 @@ the assertion. A request becomes schedulable ``request_s`` after its release.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from kvbench.errors import KvbenchError
-from kvbench.replay import ReplaySpec, run_replay
+from kvbench.replay import run_replay
+from kvbench.spec import ReplaySpec
 from kvbench.results import read_run
-from kvbench.sim.latency import load_profile
+from kvbench.sim.latency import LatencyProfile, load_profile
 from tests.sim.sim_traces import request_trace, write_profile
 from tests.sim.test_engine_fidelity import trace
 
@@ -148,3 +150,29 @@ def test_the_shipped_cpu_profile_warns_on_long_prompts():
     assert "128..1536" in prof.range_warning(5800, 6200)
     assert prof.range_warning(128, 1536) is None
     assert load_profile("llama31-8b-a100").range_warning(1, 100000) is None
+
+
+def test_front_end_spread_is_log_normal_around_request_s_and_drawn_from_the_request_id():
+    from kvbench.sim.latency import frontend_delay
+
+    base = LatencyProfile(name="p", source="t", step_base_s=0.001, prefill_token_s=0.0, prefill_attn_s=0.0,
+                          decode_seq_s=0.0, decode_ctx_s=0.0, request_s=0.01, request_sigma=0.5)
+    ids = [f"r{k}" for k in range(4000)]
+    logs = np.log([frontend_delay(base, i) for i in ids])
+    assert np.exp(np.median(logs)) == pytest.approx(0.01, rel=0.05)
+    assert np.std(logs) == pytest.approx(0.5, rel=0.05)
+    assert frontend_delay(base, "r7") == frontend_delay(base, "r7")  # the same request, the same delay
+    assert frontend_delay(replace(base, request_sigma=0.0), "r7") == 0.01
+    assert frontend_delay(replace(base, request_s=0.0), "r7") == 0.0
+
+
+def test_a_profile_with_a_spread_round_trips_and_one_without_is_written_as_before(tmp_path):
+    from kvbench.sim.latency import load_profile, profile_toml
+
+    coef = {"step_base_s": 0.001, "prefill_token_s": 1e-5, "prefill_attn_s": 0.0, "decode_seq_s": 0.0,
+            "decode_ctx_s": 0.0, "request_s": 0.01}
+    plain = profile_toml("p", "t", coef, {})
+    assert "request_sigma" not in plain
+    path = tmp_path / "p.toml"
+    path.write_text(profile_toml("p", "t", {**coef, "request_sigma": 0.3}, {}))
+    assert load_profile(str(path)).request_sigma == 0.3

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from tests.sim.sim_traces import request_trace, write_profile
 
-from kvbench.replay import ReplaySpec, run_replay
+from kvbench.replay import run_replay
+from kvbench.spec import ReplaySpec
 from kvbench.results import read_run
 from kvbench.trace import ideal_hit_rate, read_trace
 
@@ -316,12 +317,14 @@ def test_every_finished_request_is_reported_once(tmp_path):
     from kvbench.routing import RouterConfig, make_router
     from kvbench.sim.engine import ClusterSimulator, SchedulerConfig, Worker
     from kvbench.sim.latency import load_profile
+    from kvbench.plan import make_plan
+    from kvbench.resolve import resolve
     from kvbench.sim.run import build_requests
 
     trace = read_trace(request_trace(tmp_path / "t.parquet", [
         ("a", 0.0, ids(32), 2), ("big", 0.0, ids(96), 1), ("b", 0.1, ids(32, 5000), 1)]))
     spec = ReplaySpec(trace=tmp_path / "t.parquet", output=tmp_path / "o", workers=1, cache_tokens=64)
-    reqs, first = build_requests(trace, spec)
+    reqs, first = build_requests(make_plan(resolve(spec), trace))
     worker = Worker(0, PrefixCache(4, make_policy("lru"), 16), load_profile(str(write_profile(tmp_path / "h.toml"))),
                     SchedulerConfig())
     reported = []

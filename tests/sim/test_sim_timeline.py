@@ -12,7 +12,8 @@ from tests.sim.sim_traces import request_trace, write_profile
 
 from kvbench.cli import app
 from kvbench.errors import KvbenchError
-from kvbench.replay import ReplaySpec, run_replay
+from kvbench.replay import run_replay
+from kvbench.spec import ReplaySpec
 from kvbench.results import read_run
 from kvbench.timeline import TIMELINE_FILE, read_timeline
 

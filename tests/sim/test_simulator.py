@@ -6,7 +6,8 @@ import pytest
 from tests.sim.sim_traces import make_trace
 
 from kvbench.errors import KvbenchError
-from kvbench.replay import ReplaySpec, run_replay
+from kvbench.replay import run_replay
+from kvbench.spec import ReplaySpec
 from kvbench.results import read_run
 from kvbench.sim.latency import attn_pairs, load_profile
 from kvbench.sim.run import run_sim

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvbench.experiment import _cli_args, load_spec
+from kvbench import workloads
+from kvbench.experiment import load_spec, plan
 from kvbench.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,12 +190,12 @@ PINNED_SPECS = {  # equal: the answers are fixed at 4 tokens, so only the datase
 
 
 @pytest.mark.parametrize("name", sorted(PINNED_SPECS))
-def test_rlt_specs_name_the_preset_and_keep_their_rows(cli, tmp_path, name):
+def test_rlt_specs_name_the_preset_and_keep_their_rows(tmp_path, name):
     exp = load_spec(ROOT / "workloads" / f"{name}.toml", reduced=True)
     assert exp.gen_args.get("preset") == "rlt"
-    out = tmp_path / "spec.parquet"
-    r = cli("generate", exp.gen_kind, *_cli_args(exp.gen_args), "--seed", "0", "-o", out)
-    assert r.code == 0, r.message
+    (_, config), *_ = plan(exp, tmp_path)[0]
+    assert config.seed == 0
+    out = workloads.generate(exp.gen_kind, config, tmp_path / "spec.parquet")
     assert _digest(out) == PINNED_SPECS[name]
 
 
