@@ -51,9 +51,9 @@ import typer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator, model_validator
 
 from kvbench.errors import KvbenchError, fail, interrupted
-from kvbench.fsutil import read_toml, write_text_atomic
+from kvbench.fsutil import read_toml, staged, write_text_atomic
+from kvbench.jobs import EXECUTORS, Placement, placement, refuse_real_target, run_jobs
 from kvbench.jobs import Job as RunJob
-from kvbench.jobs import run_jobs
 from kvbench.resolve import resolve_evictions, validate_spec
 from kvbench.spec import ReplaySpec
 from kvbench.workloads import CONFIGS, GenerateConfig, generate, parse_config
@@ -354,9 +354,10 @@ def _run_job(spec: ReplaySpec, key: str) -> str:
     """One replay in a worker process; its key is written last, so only a finished run counts as done."""
     from kvbench.replay import run_replay
 
-    (spec.output / KEY_FILE).unlink(missing_ok=True)  # until this run finishes, the folder holds no finished run
+    key_file = staged(spec.output) / KEY_FILE
+    key_file.unlink(missing_ok=True)  # until this run finishes, the folder holds no finished run
     run_replay(spec)  # raises KeyboardInterrupt after recording an interrupted run: no key is written then
-    write_text_atomic(spec.output / KEY_FILE, key + "\n")
+    write_text_atomic(key_file, key + "\n")
     return str(spec.output)
 
 
@@ -380,16 +381,16 @@ def _sidecar(trace: Path) -> Path:
     return trace.with_name(trace.name + ".config.json")
 
 
-def _run_jobs(name: str, todo: list[Job], jobs_n: int, bar: Any) -> int:
+def _run_jobs(name: str, todo: list[Job], jobs_n: int, bar: Any, where: Placement) -> int:
     """Run the jobs through kvbench.jobs (the sweep's runner); returns how many finished.
 
     Every spec was validated before the traces were generated, so no check is repeated here. The first
     failure stops the rest: a rerun resumes from the finished ones."""
     if not todo:
         return 0
-    runs = [RunJob(job.spec.name or str(job.spec.output), job.spec.output, _run_job, (job.spec, job.key))
-            for job in todo]
-    return len(run_jobs(runs, jobs_n, keep_going=False, bar=bar, name=name))
+    runs = [RunJob(job.spec.name or str(job.spec.output), job.spec.output, _run_job, (job.spec, job.key),
+                   inputs=job.spec.input_files(), last=("run.json", KEY_FILE)) for job in todo]
+    return len(run_jobs(runs, jobs_n, keep_going=False, bar=bar, name=name, where=where))
 
 
 def summarise(exp: Experiment, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -437,8 +438,8 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = None, jobs_n: int = 2,
                    seeds: list[int] | None = None, report: bool = True, progress: bool = True,
-                   reduced: bool = False) -> dict[str, Any]:
-    """Run (or resume) an experiment; returns counts of what was done."""
+                   reduced: bool = False, where: Placement = Placement()) -> dict[str, Any]:
+    """Run (or resume) an experiment; returns counts of what was done. ``where``: local processes or Ray."""
     from kvbench.progress import progress_bar
 
     exp = load_spec(spec_path, reduced=reduced)
@@ -447,6 +448,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
     out = Path(out)
     if target and target != "sim":
         jobs_n = 1  # replays against one set of real servers must not overlap (each resets the others' caches)
+    refuse_real_target(where, target)
     generations, jobs = plan(exp, out, target)
     for job in jobs:  # every flag error before any trace is generated or folder made
         validate_spec(job.spec)
@@ -465,7 +467,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = 
                 generating = None
             key_jobs(jobs)
             todo = [j for j in jobs if not j.done]
-            done_now = _run_jobs(exp.name, todo, jobs_n, bar)
+            done_now = _run_jobs(exp.name, todo, jobs_n, bar, where)
     except KeyboardInterrupt:
         if generating is not None:
             raise interrupted(f"while generating {generating.name}; rerun the same command to resume") from None
@@ -503,8 +505,13 @@ def register(app: typer.Typer) -> None:
         seeds: str = typer.Option(None, "--seeds", help="Override the spec's seeds, e.g. 0,1."),
         no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
         reduced: bool = typer.Option(False, "--reduced", help="Run the spec's \\[reduced] version (a quick check)."),
+        executor: str = typer.Option("local", help=f"Where runs go: {' or '.join(EXECUTORS)} ('ray': one Ray task "
+                                                   "per run, --jobs unused; simulator only)."),
+        address: str = typer.Option(None, help="--executor ray: an existing Ray cluster's HEAD:PORT "
+                                               "(default: start a Ray instance on this machine)."),
     ) -> None:
         """Reproduce an experiment spec: traces, every combination over its seeds, summary.csv and report.html."""
+        where = placement(executor, address)
         seed_list = None
         if seeds:
             try:
@@ -514,6 +521,6 @@ def register(app: typer.Typer) -> None:
         exp = load_spec(spec, reduced=reduced)
         out = output or Path("results") / (exp.name + ("-reduced" if reduced else ""))
         res = run_experiment(spec, out, target=target, jobs_n=jobs, seeds=seed_list, report=not no_report,
-                             reduced=reduced)
+                             reduced=reduced, where=where)
         typer.echo(f"{exp.name}: generated {res['generated']} trace(s), ran {res['ran']} run(s), "
                    f"skipped {res['skipped']} finished; summary {res['summary']}")

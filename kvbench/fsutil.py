@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -12,6 +13,26 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kvbench.errors import fail
+
+
+_STAGED: contextvars.ContextVar[dict[Path, Path]] = contextvars.ContextVar("staged", default={})
+
+
+def staged(path: str | os.PathLike[str]) -> Path:
+    """Where ``path`` is on this machine: the path itself, except in a job run on a node that need not share
+    the driver's filesystem (``--executor ray``, kvbench.jobs), whose trace and output are local copies.
+    run.json still records the paths as given, so a result is the same file wherever it ran."""
+    return _STAGED.get().get(Path(path), Path(path))
+
+
+@contextlib.contextmanager
+def staging(local: dict[Path, Path]) -> Iterator[None]:
+    """Within the block, :func:`staged` maps each key of ``local`` to its value."""
+    token = _STAGED.set({Path(k): Path(v) for k, v in local.items()})
+    try:
+        yield
+    finally:
+        _STAGED.reset(token)
 
 
 def _umask() -> int:

@@ -175,6 +175,7 @@ RunRecord = create_model("RunRecord", __base__=_RunTop, __doc__=(
 def run_config(plan: ReplayPlan, result: BackendResult, summary: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to reproduce and compare the run; no wall-clock values, so equal seeds give equal
     files. The top level is what ran (``result.resolved``)."""
+    from kvbench.fsutil import staged
     from kvbench.results import versions
     from kvbench.trace import file_sha256
 
@@ -182,7 +183,8 @@ def run_config(plan: ReplayPlan, result: BackendResult, summary: dict[str, Any])
     spec = resolved.spec
     trace = plan.trace
     trace_info: dict[str, Any] = {"path": str(spec.trace), "meta": asdict(trace.meta), "requests": len(trace)}
-    trace_info["sha256"] = file_sha256(spec.trace) if Path(spec.trace).exists() else None
+    local = staged(spec.trace)
+    trace_info["sha256"] = file_sha256(local) if local.exists() else None
     return {
         **resolved.to_config(),
         "name": spec.name or Path(spec.output).name,

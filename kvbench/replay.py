@@ -20,6 +20,8 @@ from typing import Any, Optional
 import typer
 
 from kvbench.errors import fail, interrupted
+from kvbench.fsutil import staged
+from kvbench.jobs import EXECUTORS, Placement, placement, refuse_real_target
 from kvbench.params import parse_key_values
 from kvbench.record import BackendResult, check_output, write_record
 from kvbench.resolve import Resolved, check_block_multiple, resolve, resolve_evictions, split_list, validate_spec
@@ -49,12 +51,12 @@ def run_replay(spec: ReplaySpec, trace=None) -> Path:
 
     resolved = resolve(spec)  # every flag before the trace is read
     if trace is None:
-        trace = read_trace(spec.trace)
+        trace = read_trace(staged(spec.trace))
     if resolved.is_sim:  # a real target's block size is checked once its servers report it
         check_block_multiple(resolved.block_size, resolved.block_size_source, trace)
     plan = make_plan(resolved, trace)
     check_cache_fits(resolved, plan)
-    out = Path(spec.output)
+    out = staged(spec.output)
     created = not out.exists()
     check_output(out)
     try:
@@ -126,12 +128,15 @@ def _sweep_run(spec: ReplaySpec) -> dict[str, Any]:
     return json.loads((run_replay(spec) / "run.json").read_text())["summary"]
 
 
-def run_sweep(combos: list[Combination], jobs: int, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Run combinations (in ``jobs`` processes for the simulator); finished ones stay on Ctrl-C."""
+def run_sweep(combos: list[Combination], jobs: int, progress: bool = True,
+              where: Placement = Placement()) -> dict[str, dict[str, Any]]:
+    """Run combinations (in ``jobs`` processes for the simulator, or as Ray tasks); finished ones stay on
+    Ctrl-C."""
     from kvbench.jobs import Job, run_jobs
 
-    return run_jobs([Job(c.label, Path(c.spec.output), _sweep_run, (c.spec,)) for c in combos], jobs,
-                    check=lambda job: validate_spec(job.args[0]), progress=progress, name="sweep")
+    return run_jobs([Job(c.label, Path(c.spec.output), _sweep_run, (c.spec,), inputs=c.spec.input_files())
+                     for c in combos], jobs, check=lambda job: validate_spec(job.args[0]), progress=progress,
+                    name="sweep", where=where)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -199,11 +204,17 @@ def register(app: typer.Typer) -> None:
                        "counters in timeline.parquet (real workers: their /metrics; sim: its own state)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace finished runs in the output directory."),
+        executor: str = typer.Option("local", help=f"Where runs go: {' or '.join(EXECUTORS)} ('ray': one Ray "
+                                                   "task per combination; simulator only)."),
+        address: Optional[str] = typer.Option(None, help="--executor ray: an existing Ray cluster's HEAD:PORT "
+                                                         "(default: start a Ray instance on this machine)."),
     ) -> None:
         """Replay a trace against the simulator or real workers; comma lists of --eviction/--router sweep."""
         from kvbench.goodput import parse_goodput
         from kvbench.http.request_options import parse_extra_body, parse_headers
 
+        where = placement(executor, address)
+        refuse_real_target(where, target)
         evictions = resolve_evictions(eviction, target)
         routers = split_list(router, "--router")
         if jobs < 0:
@@ -223,11 +234,13 @@ def register(app: typer.Typer) -> None:
         scales = parse_rate_scales(rate_scale)
         many = len(evictions) * len(routers) > 1 or scales is not None
         combos = plan_sweep(base, evictions, routers, scales) if many else []
+        if where.ray and not combos:  # one combination: one Ray task writing straight into -o
+            combos = [Combination(evictions[0], base.router, replace(base, progress=False))]
         if not overwrite:
             for out in [output, *(Path(c.spec.output) for c in combos)]:
                 if (Path(out) / "run.json").exists():
                     raise fail(f"-o {out}: holds a finished run; pass --overwrite to replace it, or choose a new -o")
-        if not combos:
+        if not many and not where.ray:
             try:
                 out = run_replay(base)
             except KeyboardInterrupt:
@@ -241,12 +254,14 @@ def register(app: typer.Typer) -> None:
             return
         n_jobs = (jobs or os.cpu_count() or 1) if base.is_sim else 1  # one real cluster: one run at a time
         try:
-            results = run_sweep(combos, min(n_jobs, len(combos)), progress)
+            results = run_sweep(combos, min(n_jobs, len(combos)), progress, where)
         except KeyboardInterrupt:
             with contextlib.suppress(OSError):
                 Path(output).rmdir()  # only when empty: nothing finished, so leave no folder behind
             kept = sum((Path(c.spec.output) / "run.json").exists() for c in combos)
             raise interrupted(f"{kept} of {len(combos)} combinations finished and kept under {output}") from None
+        if not many:
+            results = {Path(output).name: summary for summary in results.values()}
         _print_table(results)
         typer.echo(str(output))
         _say_failures(results)

@@ -85,6 +85,11 @@ class ReplaySpec:
     def is_sim(self) -> bool:
         return self.target == "sim"
 
+    def input_files(self) -> tuple[Path, ...]:
+        """The files a replay reads (its trace, a profile given as a file): what a Ray node is sent."""
+        profile = Path(self.profile)
+        return (Path(self.trace), *((profile,) if profile.is_file() else ()))
+
     def to_config(self) -> dict[str, Any]:
         from kvbench.http.request_options import redacted
 

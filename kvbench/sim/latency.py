@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kvbench.errors import fail
-from kvbench.fsutil import read_toml
+from kvbench.fsutil import read_toml, staged
 
 STEP_COEFFICIENTS = ("step_base_s", "prefill_token_s", "prefill_attn_s", "decode_seq_s", "decode_ctx_s")
 COEFFICIENTS = (*STEP_COEFFICIENTS, "request_s")  # the terms of time, fitted by least squares
@@ -143,12 +143,13 @@ def parse_profile(data: dict[str, Any], origin: str) -> LatencyProfile:
 def load_profile(name_or_path: str) -> LatencyProfile:
     """A built-in profile by name, or a TOML file path."""
     p = Path(name_or_path)
+    local = staged(p)  # a copy shipped to a Ray node; the profile keeps the path as given
     if name_or_path == "default":
         name_or_path = DEFAULT_PROFILE
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
+    if p.suffix == ".toml" or local.exists():
+        if not local.is_file():
             raise fail(f"--profile {p}: no such profile file; built-in profiles: {', '.join(builtin_profiles())}")
-        return parse_profile(read_toml(p, f"--profile {p}"), str(p))
+        return parse_profile(read_toml(local, f"--profile {p}"), str(p))
     if name_or_path not in builtin_profiles():
         raise fail(f"--profile {name_or_path}: unknown profile (built-in: {', '.join(builtin_profiles())}; "
                    f"or give a .toml path, e.g. from `kvbench calibrate`)")
