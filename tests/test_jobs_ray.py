@@ -197,9 +197,12 @@ def test_bad_executor_flags_give_one_line(tmp_path, trace, command, args, needle
     assert not (tmp_path / "o").exists()
 
 
-def test_without_ray_the_flag_says_how_to_install_it(tmp_path, trace, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["replay", "run"])
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path, trace, command, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    code, _, err = kvbench(monkeypatch, capsys, "replay", trace, "--executor", "ray", "-o", tmp_path / "o")
+    first = trace if command == "replay" else QUICKSTART
+    code, _, err = kvbench(monkeypatch, capsys, command, first, "--reduced" if command == "run" else "--no-progress",
+                           "--executor", "ray", "-o", tmp_path / "o")
     assert code == 2
     assert err == "kvbench: error: --executor ray: Ray is not installed; pip install 'kvbench[ray]'\n"
     assert not (tmp_path / "o").exists()
