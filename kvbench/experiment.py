@@ -52,7 +52,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, fi
 
 from kvbench.errors import KvbenchError, fail, interrupted
 from kvbench.fsutil import read_toml, staged, write_text_atomic
-from kvbench.jobs import EXECUTORS, Placement, placement, refuse_real_target, run_jobs
+from kvbench.jobs import EXECUTORS, LOCAL, Placement, placement, refuse_real_target, run_jobs
 from kvbench.jobs import Job as RunJob
 from kvbench.resolve import resolve_evictions, validate_spec
 from kvbench.spec import ReplaySpec
@@ -438,7 +438,7 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 def run_experiment(spec_path: str | Path, out: str | Path, target: str | None = None, jobs_n: int = 2,
                    seeds: list[int] | None = None, report: bool = True, progress: bool = True,
-                   reduced: bool = False, where: Placement = Placement()) -> dict[str, Any]:
+                   reduced: bool = False, where: Placement = LOCAL) -> dict[str, Any]:
     """Run (or resume) an experiment; returns counts of what was done. ``where``: local processes or Ray."""
     from kvbench.progress import progress_bar
 

@@ -15,14 +15,14 @@ from typing import Any, Iterator
 from kvbench.errors import fail
 
 
-_STAGED: contextvars.ContextVar[dict[Path, Path]] = contextvars.ContextVar("staged", default={})
+_STAGED: contextvars.ContextVar[dict[Path, Path]] = contextvars.ContextVar("staged")
 
 
 def staged(path: str | os.PathLike[str]) -> Path:
     """Where ``path`` is on this machine: the path itself, except in a job run on a node that need not share
     the driver's filesystem (``--executor ray``, kvbench.jobs), whose trace and output are local copies.
     run.json still records the paths as given, so a result is the same file wherever it ran."""
-    return _STAGED.get().get(Path(path), Path(path))
+    return _STAGED.get({}).get(Path(path), Path(path))
 
 
 @contextlib.contextmanager

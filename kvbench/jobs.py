@@ -201,8 +201,9 @@ class RayExecutor:
                 what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if address is None:
                     raise fail(f"--executor ray: cannot start a local Ray instance ({what})") from None
-                raise fail(f"--address {address}: cannot connect to a Ray cluster there ({what}); "
-                           f"start one with `ray start --head` on that node") from None
+                raise fail(f"--address {address}: cannot connect to a Ray cluster there ({what}); check that "
+                           f"`ray start --head` runs there with this Ray version, and for a cluster with token "
+                           f"authentication set RAY_AUTH_MODE=token and its token here") from None
         self.task = ray.remote(num_cpus=1, max_retries=0)(run_on_node)
         self.pending: dict[Any, Job] = {}
 
@@ -262,6 +263,9 @@ class Placement:
         return self.executor == "ray"
 
 
+LOCAL = Placement()
+
+
 def placement(executor: str, address: str | None) -> Placement:
     """The flags as a Placement, or one line saying what is wrong with them (before any work starts)."""
     if executor not in EXECUTORS:
@@ -284,7 +288,7 @@ def refuse_real_target(where: Placement, target: str | None) -> None:
                    f"machine (drop --executor ray)")
 
 
-def executor_for(processes: int, where: Placement = Placement()) -> Executor:
+def executor_for(processes: int, where: Placement = LOCAL) -> Executor:
     if where.ray:
         return RayExecutor(where.address)
     return ProcessPool(processes) if processes > 1 else InProcess()
@@ -292,7 +296,7 @@ def executor_for(processes: int, where: Placement = Placement()) -> Executor:
 
 def run_jobs(jobs: Sequence[Job], processes: int = 1, *, check: Callable[[Job], None] | None = None,
              keep_going: bool = True, progress: bool = True, bar: Any = None,
-             name: str = "jobs", where: Placement = Placement()) -> dict[str, Any]:
+             name: str = "jobs", where: Placement = LOCAL) -> dict[str, Any]:
     """Run ``jobs`` and return ``{label: value}`` of those that finished.
 
     ``check`` runs on every job before any output directory is made. ``keep_going``: the other jobs finish

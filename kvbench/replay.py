@@ -21,7 +21,7 @@ import typer
 
 from kvbench.errors import fail, interrupted
 from kvbench.fsutil import staged
-from kvbench.jobs import EXECUTORS, Placement, placement, refuse_real_target
+from kvbench.jobs import EXECUTORS, LOCAL, Placement, placement, refuse_real_target
 from kvbench.params import parse_key_values
 from kvbench.record import BackendResult, check_output, write_record
 from kvbench.resolve import Resolved, check_block_multiple, resolve, resolve_evictions, split_list, validate_spec
@@ -129,7 +129,7 @@ def _sweep_run(spec: ReplaySpec) -> dict[str, Any]:
 
 
 def run_sweep(combos: list[Combination], jobs: int, progress: bool = True,
-              where: Placement = Placement()) -> dict[str, dict[str, Any]]:
+              where: Placement = LOCAL) -> dict[str, dict[str, Any]]:
     """Run combinations (in ``jobs`` processes for the simulator, or as Ray tasks); finished ones stay on
     Ctrl-C."""
     from kvbench.jobs import Job, run_jobs
