@@ -198,6 +198,7 @@ class HttpReplay:
         self.urls = self.target.urls
         self.n = len(self.urls)
         self.df = plan.trace.df
+        self.output_tokens = self.df["output_tokens"].to_numpy(dtype=np.int64).tolist()  # read once, not per request
         self.warm = plan.warm  # sent before the barrier, marked in their rows
         self.warmup_info: dict[str, Any] | None = None
         self.rec = RowRecorder(plan)
@@ -336,9 +337,9 @@ class HttpReplay:
                 text, ids = self.prompts.route_units(i, prompt)
                 route_req = RouteRequest(
                     request_id=row["request_id"], input_tokens=self.prompts.length(i, prompt),
-                    output_tokens=int(self.df.at[i, "output_tokens"]), hash_ids=self._route_hashes(i, prompt),
+                    output_tokens=self.output_tokens[i], hash_ids=self._route_hashes(i, prompt),
                     prompt_token_ids=ids, prompt=text, session_id=row["session_id"])
-                out, worker = await self._send_routed(route_req, prompt, int(self.df.at[i, "output_tokens"]), i)
+                out, worker = await self._send_routed(route_req, prompt, self.output_tokens[i], i)
             self._fill(i, out, worker)
             if self.on_event is not None:
                 self.on_event("done", i, worker)
