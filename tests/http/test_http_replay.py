@@ -194,3 +194,29 @@ def test_block_size_not_a_multiple_of_the_trace_fails_before_sending(tmp_path, f
     assert f"size {bad}" in msg and "block size 16" in msg and source in msg and "\n" not in msg
     assert "--block-size 8" in msg  # gcd(bad, 16): a trace block size that divides the server's
     assert srv.received == []  # not a single completion (not even the hygiene probe) was sent
+
+
+def test_sleep_until_is_never_early_and_cancels_cleanly():
+    """The precise tail runs in a helper thread: it must still wake at (never before) each deadline, serve
+    several loops one after another, and let a cancelled waiter go without waking anything later."""
+    import asyncio
+    import time
+
+    from kvbench.http.replay import sleep_until
+
+    async def main() -> list[float]:
+        early = []
+        for k in range(20):
+            deadline = time.monotonic() + 0.0005 * (k % 4)  # within and past the loop timer's reach
+            await sleep_until(deadline)
+            early.append(deadline - time.monotonic())
+        waiter = asyncio.create_task(sleep_until(time.monotonic() + 0.001))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.005)  # the cancelled deadline passes: nothing breaks
+        return early
+
+    for _ in range(2):  # a second event loop after the first has closed
+        assert max(asyncio.run(main())) <= 0
