@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -162,18 +163,48 @@ async def _drive(port: int, url: str, wait_js: str, evaluations: dict[str, str],
 def load_page(chromium: str, path: Path, *, wait_js: str = "true", evaluations: dict[str, str] | None = None,
               width: int = 1400, timeout: float = 60.0) -> PageReport:
     """Open ``path`` from file:// in a fresh headless Chromium and report what happened."""
-    with tempfile.TemporaryDirectory(prefix="kvb-chromium-") as tmp:
+    # Chromium's helper processes (renderer, crashpad, zygote) outlive its main process for a moment and keep
+    # writing into the profile, so the whole process group is stopped and the profile removed only after it
+    # (a plain TemporaryDirectory failed now and then with "Directory not empty: 'Default'").
+    with tempfile.TemporaryDirectory(prefix="kvb-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp)
         proc = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "HOME": str(profile)})
+                                env={**os.environ, "HOME": str(profile)}, start_new_session=True)
         try:
             port = _devtools_port(profile, proc, timeout)
             return asyncio.run(_drive(port, path.resolve().as_uri(), wait_js, evaluations or {}, width, timeout))
         finally:
-            proc.terminate()
+            _stop_group(proc)
+            _remove_tree(profile)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to Chromium's process group, SIGKILL if it has not gone in 10 s; returns once the main process
+    has exited and no process of the group is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            continue
+        for _ in range(100):  # helpers of the group exit right after the main process
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove the profile; a helper process that was still flushing a file makes one attempt fail."""
+    for _ in range(20):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    shutil.rmtree(path, ignore_errors=True)
