@@ -9,6 +9,7 @@ as its metadata ``params`` (see :func:`trace_params`).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,9 @@ class GenerateConfig(BaseModel):
     tokenizer: TokenizerDir = None
     token_ids: TokenIds = True
 
+    @abstractmethod
     def arrival_spec(self) -> ArrivalSpec:
-        raise NotImplementedError
+        """How requests arrive: each source names its own flags (rate, timestamps, burstiness)."""
 
     @model_validator(mode="after")
     def _check_arrival(self) -> GenerateConfig:
