@@ -43,7 +43,7 @@ def main() -> None:
     from kvbench.cli import app
     from kvbench.hashing import block_hashes, block_hashes_many
     from kvbench.tokenizer import BuiltinTokenizer
-    from kvbench.trace import read_trace
+    from kvbench.trace import TraceMeta, read_trace
     from kvbench.workloads.arrivals import ArrivalSpec
     from kvbench.workloads.build import build_table
     from kvbench.workloads.gsp import PRESETS, GspSettings, generate_gsp
@@ -80,7 +80,7 @@ def main() -> None:
         codec = TextCodec(BuiltinTokenizer())
         rows = generate_gsp(cfg, codec, 0, False)
         t_rows = _best(lambda: generate_gsp(cfg, codec, 0, False), args.repeat)
-        t_table = _best(lambda: build_table(rows, 16), args.repeat)
+        t_table = _best(lambda: build_table(rows, TraceMeta(generator="gsp", block_size=16)), args.repeat)
         lengths = np.array([len(t) for t in rows.tokens])
         flat = np.concatenate(rows.tokens)
         t_many = _best(lambda: block_hashes_many(flat, lengths, 16), args.repeat)

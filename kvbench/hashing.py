@@ -159,17 +159,11 @@ def block_hashes_many(flat_tokens: np.ndarray, lengths: np.ndarray, block_size: 
 
 
 def _hash_chunk(flat: np.ndarray, lengths: np.ndarray, counts: np.ndarray, block_size: int) -> np.ndarray:
-    """Chaining is a prefix sum; restarted per sequence it is the global one minus its value at the
-    sequence's first block (exact mod 2^64)."""
     total = int(counts.sum())
     if total == 0:
         return np.empty(0, dtype=np.int64)
     if len(lengths) == 1:
         return block_hashes(flat, block_size)
-    seq_of_block = np.repeat(np.arange(len(lengths)), counts)
-    first_block = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(counts[:-1], out=first_block[1:])
-    local = np.arange(total, dtype=np.int64) - first_block[seq_of_block]  # block index within its sequence
     if total * block_size == len(flat):
         full = flat  # every sequence is a whole number of blocks: no gather needed
     else:
@@ -177,16 +171,7 @@ def _hash_chunk(flat: np.ndarray, lengths: np.ndarray, counts: np.ndarray, block
         np.cumsum(lengths[:-1], out=starts[1:])
         pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lengths)
         full = flat[pos < np.repeat(counts * block_size, lengths)]
-    content = block_content_hashes(full, block_size)
-    with np.errstate(over="ignore"):
-        c = mix64(content)  # what chain(seed=0) does first
-        max_local = int(counts.max())
-        acc = np.cumsum(c * _pow_table(_P_INV, max_local)[local], dtype=np.uint64)
-        before = np.zeros(len(lengths), dtype=np.uint64)
-        nz = (first_block > 0) & (counts > 0)
-        before[nz] = acc[first_block[nz] - 1]
-        h = (acc - before[seq_of_block]) * _pow_table(_P, max_local)[local]
-    return mix64(h).view(np.int64)
+    return _chained(block_content_hashes(full, block_size), counts).view(np.int64)
 
 
 def keyed_tokens(ids: np.ndarray, pos: np.ndarray, salt: int = 0) -> np.ndarray:
@@ -205,3 +190,70 @@ def block_token_keys(block_ids: np.ndarray, block_size: int, salt: int = 0) -> n
     ids = np.asarray(block_ids).astype(np.uint64, copy=False)
     pos = np.tile(np.arange(block_size, dtype=np.uint64), len(ids))
     return keyed_tokens(np.repeat(ids, block_size), pos, salt)
+
+
+_SALT_SOURCE = np.uint64(0x243F6A8885A308D3)
+_SALT_OWN = np.uint64(0x13198A2E03707344)
+_END_MULT = np.uint64(0xA4093822299F31D1)
+
+
+def source_block_hashes(src_ids: np.ndarray, src_count: np.ndarray, input_tokens: np.ndarray, source_block: int,
+                        block_size: int, row_uid: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Chained hash ids of a hash-only trace's full blocks at any ``block_size``, from the source's block ids.
+
+    An imported prompt's token at position ``p`` is a pure function of the id of the source block holding it
+    (when the source lists one) and ``p % source_block``, and unique to the request beyond the listed ids
+    (:func:`kvbench.workloads.imports.synthesize_tokens`). So two prompts agree up to token ``e`` exactly
+    when their source ids agree up to the block holding token ``e - 1`` and that block is listed: the id of
+    the block ending at ``e`` is the chained hash of those source ids mixed with ``e``, and a block ending
+    past the listed ids is keyed by the request. These ids have the same equalities as the hashes of the
+    synthesized tokens, without synthesizing 145M tokens for a one-hour trace. Returns ``(hashes, counts)``
+    like :func:`block_hashes_many`.
+    """
+    src_count = np.asarray(src_count, dtype=np.int64)
+    inp = np.asarray(input_tokens, dtype=np.int64)
+    counts = inp // block_size
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64), counts
+    salt = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    src_start = np.zeros(len(src_count), dtype=np.int64)
+    np.cumsum(src_count[:-1], out=src_start[1:])
+    # the chained prefix hash after each source block, restarted per request
+    ids = np.asarray(src_ids).astype(np.uint64, copy=False)
+    prefix = (_chained(ids ^ (salt ^ _SALT_SOURCE), src_count) if len(ids)
+              else np.empty(0, dtype=np.uint64))
+    req = np.repeat(np.arange(len(counts)), counts)
+    first = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    end = (np.arange(total, dtype=np.int64) - first[req] + 1) * block_size  # tokens up to the block's end
+    src_block = (end - 1) // source_block if source_block else np.full(total, -1)
+    listed = (src_block >= 0) & (src_block < src_count[req])
+    with np.errstate(over="ignore"):
+        e = end.astype(np.uint64) * _END_MULT
+        base = np.empty(total, dtype=np.uint64)
+        base[listed] = prefix[src_start[req[listed]] + src_block[listed]]
+        own = ~listed
+        base[own] = mix64(np.asarray(row_uid, dtype=np.int64)[req[own]].astype(np.uint64) ^ (salt ^ _SALT_OWN))
+        h = mix64(base + e)
+    return h.view(np.int64), counts
+
+
+def _chained(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`chain` of many sequences of per-block values stored back to back, as uint64. Chaining is a
+    prefix sum; restarted per sequence it is the global one minus its value at the sequence's first block
+    (exact mod 2^64)."""
+    total = int(counts.sum())
+    seq = np.repeat(np.arange(len(counts)), counts)
+    first = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    local = np.arange(total, dtype=np.int64) - first[seq]
+    n = int(counts.max())
+    with np.errstate(over="ignore"):
+        c = mix64(values)
+        acc = np.cumsum(c * _pow_table(_P_INV, n)[local], dtype=np.uint64)
+        before = np.zeros(len(counts), dtype=np.uint64)
+        nz = (first > 0) & (counts > 0)
+        before[nz] = acc[first[nz] - 1]
+        h = (acc - before[seq]) * _pow_table(_P, n)[local]
+    return mix64(h)

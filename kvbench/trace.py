@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from kvbench.errors import fail
 from kvbench.fsutil import atomic_path
-from kvbench.hashing import coarsen
+from kvbench.hashing import coarsen, source_block_hashes
 
 FORMAT_VERSION = "1"
 META_KEY = b"kvbench.trace"
@@ -40,6 +40,14 @@ TRACE_SCHEMA = pa.schema(
         pa.field("hash_ids", pa.list_(pa.int64()), nullable=False),
     ]
 )
+# Hash-only imports (Mooncake, Bailian, Azure without --token-ids) add these and leave ``hash_ids`` empty: the
+# source's block ids (``TraceMeta.source_block`` tokens each; the last may be partial) and the row's number in
+# the import, which keys the tokens the source does not list. Hash ids at any block size are derived from them
+# (kvbench.hashing.source_block_hashes) and prompts are synthesized when sent.
+SOURCE_FIELDS = (
+    pa.field("source_ids", pa.list_(pa.int64()), nullable=False),
+    pa.field("source_row", pa.int64(), nullable=False),
+)
 REQUIRED_COLUMNS = ("request_id", "arrival_s", "input_tokens", "output_tokens", "hash_ids")
 COLUMN_DEFAULTS: dict[str, Any] = {"session_id": None, "turn": 0, "think_s": 0.0, "group_id": None,
                                    "prompt": None, "prompt_token_ids": None}
@@ -57,9 +65,17 @@ class TraceMeta:
     synthetic: bool = False
     source: str = ""  # dataset / file the trace came from, or a description of the synthetic stand-in
     format_version: str = FORMAT_VERSION
+    source_block: int = 0  # > 0: a hash-only trace, hash ids derived from SOURCE_FIELDS (blocks of this size)
+
+    @property
+    def hash_only(self) -> bool:
+        return self.source_block > 0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, default=str)
+        data = asdict(self)
+        if not self.source_block:
+            del data["source_block"]  # traces with stored hash ids keep the metadata they always had
+        return json.dumps(data, sort_keys=True, default=str)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "TraceMeta":
@@ -73,6 +89,8 @@ class Trace:
     df: pd.DataFrame
     meta: TraceMeta
     path: Path | None = None
+    # a hash-only trace's derived hash ids by block size: derived once per trace and block size
+    derived: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def block_size(self) -> int:
@@ -85,8 +103,15 @@ class Trace:
         """Hash ids per request at another block size (a multiple of the trace's)."""
         return hash_ids_at(self, block_size)
 
+    def schema(self) -> pa.Schema:
+        return trace_schema(self.meta)
 
-def _frame_to_table(df: pd.DataFrame) -> pa.Table:
+
+def trace_schema(meta: TraceMeta) -> pa.Schema:
+    return pa.schema([*TRACE_SCHEMA, *SOURCE_FIELDS]) if meta.hash_only else TRACE_SCHEMA
+
+
+def _frame_to_table(df: pd.DataFrame, meta: TraceMeta) -> pa.Table:
     df = df.copy()
     for col, default in COLUMN_DEFAULTS.items():
         if col not in df.columns:
@@ -96,12 +121,16 @@ def _frame_to_table(df: pd.DataFrame) -> pa.Table:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise fail(f"trace is missing column(s) {', '.join(missing)}")
-    return pa.Table.from_pandas(df[[f.name for f in TRACE_SCHEMA]], schema=TRACE_SCHEMA, preserve_index=False)
+    schema = trace_schema(meta)
+    missing = [f.name for f in SOURCE_FIELDS if meta.hash_only and f.name not in df.columns]
+    if missing:
+        raise fail(f"hash-only trace is missing column(s) {', '.join(missing)}")
+    return pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False)
 
 
 def write_trace(path: str | Path, df: pd.DataFrame | pa.Table, meta: TraceMeta) -> Path:
     """Validate then write atomically; same rows and metadata give byte-identical files."""
-    table = df if isinstance(df, pa.Table) else _frame_to_table(df)
+    table = df if isinstance(df, pa.Table) else _frame_to_table(df, meta)
     table = table.replace_schema_metadata({META_KEY: meta.to_json().encode()})
     validate_table(table, meta, str(path))
     with atomic_path(path) as tmp:
@@ -109,13 +138,17 @@ def write_trace(path: str | Path, df: pd.DataFrame | pa.Table, meta: TraceMeta) 
     return Path(path)
 
 
-def read_trace(path: str | Path) -> Trace:
+def read_trace(path: str | Path, skip: tuple[str, ...] = ()) -> Trace:
+    """``skip``: optional columns not to load (``prompt``, ``prompt_token_ids``), e.g. to summarize a trace whose
+    materialized prompts would take most of the memory. The Arrow table is freed column by column as the frame
+    is built, so a large trace is not held twice."""
     p = Path(path)
     if not p.exists():
         raise fail(f"{p}: no such trace file; create one with `kvbench generate ...`")
     try:
         pf = pq.ParquetFile(p)
-        table = pf.read()
+        names = pf.schema_arrow.names
+        table = pf.read(columns=[c for c in names if c not in skip] if skip else None)
     except Exception as exc:
         raise fail(f"{p}: not a readable Parquet trace ({type(exc).__name__}); regenerate it with `kvbench generate`") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
@@ -128,16 +161,18 @@ def read_trace(path: str | Path) -> Trace:
     if meta.format_version != FORMAT_VERSION:
         raise fail(f"{p}: trace format_version {meta.format_version!r} is not one this kvbench reads "
                    f"({FORMAT_VERSION!r}); regenerate the trace with this version's `kvbench generate`")
-    validate_table(table, meta, str(p))
-    df = table.to_pandas()
+    validate_table(table, meta, str(p), partial=bool(skip))
+    df = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
     return Trace(df=df, meta=meta, path=p)
 
 
-def validate_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
-    """Raise one actionable line for the first problem found."""
+def validate_table(table: pa.Table, meta: TraceMeta, where: str, partial: bool = False) -> None:
+    """Raise one actionable line for the first problem found. ``partial``: columns were left out on purpose
+    (:func:`read_trace`'s ``skip``); the checks of those are skipped."""
     names = set(table.column_names)
     for col in REQUIRED_COLUMNS:
-        if col not in names:
+        if col not in names and not partial:
             raise fail(f"{where}: missing column '{col}'; see docs/trace-format.md")
     if meta.block_size <= 0:
         raise fail(f"{where}: block_size {meta.block_size} in metadata must be positive")
@@ -158,6 +193,9 @@ def validate_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
         raise fail(f"{where}: field 'arrival_s' must be finite and >= 0")
     inp = table.column("input_tokens").to_numpy()
     n_hash = pa.compute.list_value_length(table.column("hash_ids")).to_numpy(zero_copy_only=False)
+    if meta.hash_only:
+        _validate_source(table, meta, where, n_hash)
+        return
     bad = np.nonzero(n_hash != inp // meta.block_size)[0]
     if len(bad):
         r = int(bad[0])
@@ -173,16 +211,45 @@ def validate_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
             raise fail(f"{where}: row {r}: {lens[r]} prompt_token_ids but input_tokens {inp[r]}")
 
 
+def _validate_source(table: pa.Table, meta: TraceMeta, where: str, n_hash: np.ndarray) -> None:
+    names = set(table.column_names)
+    for f in SOURCE_FIELDS:
+        if f.name not in names:
+            raise fail(f"{where}: hash-only trace (source_block {meta.source_block}) without column '{f.name}'; "
+                       f"re-import it with `kvbench generate trace`")
+        if table.column(f.name).null_count:
+            raise fail(f"{where}: field '{f.name}' has nulls; every row of a hash-only trace needs it")
+    if (n_hash != 0).any():
+        r = int(np.argmax(n_hash != 0))
+        raise fail(f"{where}: row {r}: a hash-only trace derives its hash_ids from source_ids; hash_ids must be "
+                   f"empty")
+
+
 def hash_ids_at(trace: Trace, block_size: int) -> list[np.ndarray]:
     """Callers pass a resolved block size (kvbench.resolve checks the multiple, once, naming the flag)."""
     base = trace.block_size
     if block_size % base:
         raise ValueError(f"block size {block_size} is not a multiple of the trace's block size {base}")
+    if trace.meta.hash_only:
+        if block_size not in trace.derived:
+            trace.derived[block_size] = source_hash_ids(trace.df, trace.meta, block_size)
+        return trace.derived[block_size]
     k = block_size // base
     col = trace.df["hash_ids"]
     if k == 1:
         return [np.asarray(h, dtype=np.int64) for h in col]
     return [coarsen(np.asarray(h, dtype=np.int64), k) for h in col]
+
+
+def source_hash_ids(df: pd.DataFrame, meta: TraceMeta, block_size: int) -> list[np.ndarray]:
+    """A hash-only trace's hash ids per row (see :func:`kvbench.hashing.source_block_hashes`)."""
+    lists = df["source_ids"].tolist()
+    count = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    flat = np.concatenate(lists).astype(np.int64, copy=False) if count.sum() else np.zeros(0, dtype=np.int64)
+    inp = df["input_tokens"].to_numpy(dtype=np.int64)
+    hashes, counts = source_block_hashes(flat, count, inp, meta.source_block, block_size,
+                                         df["source_row"].to_numpy(dtype=np.int64), meta.seed or 0)
+    return np.split(hashes, np.cumsum(counts)[:-1]) if len(counts) > 1 else [hashes]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -233,24 +300,46 @@ def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_siz
                order: np.ndarray | None = None) -> np.ndarray:
     """Cached tokens per request with an infinite cache on one node, processed in ``order``.
 
-    A hit stops at the first unseen block, and (as in vLLM) the last prompt token is always
-    recomputed, so at most ``(input_tokens - 1) // block_size`` blocks hit.
+    A hit stops at the first block no earlier request had, and (as in vLLM) the last prompt token is always
+    recomputed, so at most ``(input_tokens - 1) // block_size`` blocks hit. Vectorised: a block was seen
+    before a request when its first occurrence belongs to a request processed earlier (one sort of all block
+    ids, instead of a Python set of millions of them).
     """
-    seen: set[int] = set()
-    hits = np.zeros(len(hash_lists), dtype=np.int64)
-    idx = range(len(hash_lists)) if order is None else order
-    for i in idx:
-        hs = hash_lists[i]
-        cap = max(0, (int(input_tokens[i]) - 1) // block_size)
-        n = 0
-        for h in hs[:cap].tolist():
-            if h in seen:
-                n += 1
-            else:
-                break
-        hits[i] = n * block_size
-        seen.update(hs.tolist())
+    n = len(hash_lists)
+    idx = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    counts = np.fromiter((len(hash_lists[i]) for i in idx), dtype=np.int64, count=len(idx))
+    hits = np.zeros(n, dtype=np.int64)
+    if counts.sum() == 0:
+        return hits
+    flat = np.concatenate([np.asarray(hash_lists[i], dtype=np.int64) for i in idx])
+    rank = np.repeat(np.arange(len(idx)), counts)
+    first = first_occurrence(flat)
+    del flat
+    unseen = rank[first] == rank  # first seen in this request (no earlier one had it)
+    del first
+    starts = np.zeros(len(idx), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    run = counts.copy()  # leading seen blocks per request: up to its first unseen block
+    where = np.nonzero(unseen)[0]
+    ranks, pos = np.unique(rank[where], return_index=True)
+    run[ranks] = where[pos] - starts[ranks]
+    cap = np.maximum(0, (np.asarray(input_tokens, dtype=np.int64)[idx] - 1) // block_size)
+    hits[idx] = np.minimum(run, cap) * block_size
     return hits
+
+
+def first_occurrence(values: np.ndarray) -> np.ndarray:
+    """For each element, the index of the first element equal to it (one stable sort; numpy's hashing
+    ``unique`` was several times slower on millions of block ids)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.ones(len(values), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    del ordered
+    group = np.cumsum(starts) - 1
+    out = np.empty(len(values), dtype=np.int64)
+    out[order] = order[starts][group]
+    return out
 
 
 def ideal_hit_rate(trace: Trace, block_size: int | None = None, warmup: np.ndarray | None = None) -> float:

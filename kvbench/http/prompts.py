@@ -18,6 +18,7 @@ import pandas as pd
 from kvbench.hashing import block_token_keys, keyed_tokens
 from kvbench.http.client import Outcome, Prompt
 from kvbench.tokenizer import WORD_COUNT, BuiltinTokenizer
+from kvbench.trace import TraceMeta
 
 _PIECE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -36,6 +37,30 @@ def synthesize_ids(hash_ids: np.ndarray, input_tokens: int, block_size: int, sal
         keys = np.concatenate([keys, keyed_tokens(np.full(tail, uid, dtype=np.uint64),
                                                   np.arange(len(keys), input_tokens, dtype=np.uint64), _SALT_TAIL)])
     return (keys % np.uint64(WORD_COUNT)).astype(np.int64).tolist()
+
+
+class SourcePrompts:
+    """A hash-only import's prompts, synthesized when sent: the tokens `kvbench generate trace --token-ids`
+    stores for the same source and seed (kvbench.workloads.imports.synthesize_tokens)."""
+
+    def __init__(self, df: pd.DataFrame, meta: TraceMeta):
+        from kvbench.workloads.text import TextCodec
+
+        self.codec = TextCodec(BuiltinTokenizer())
+        self.block = meta.source_block
+        self.seed = meta.seed or 0
+        self.ids = df["source_ids"].tolist()
+        self.rows = df["source_row"].tolist()
+        self.inputs = df["input_tokens"].tolist()
+
+    def token_ids(self, i: int) -> list[int]:
+        from kvbench.workloads.imports import synthesize_tokens
+
+        ids = np.asarray(self.ids[i], dtype=np.int64)
+        tokens = synthesize_tokens(self.codec, np.array([self.inputs[i]], dtype=np.int64), ids,
+                                   np.zeros(1, dtype=np.int64), np.array([len(ids)], dtype=np.int64), self.block,
+                                   np.array([self.rows[i]], dtype=np.int64), self.seed)
+        return tokens.astype(np.int64).tolist()
 
 
 def text_suffix(text: str, n_tokens: int) -> str:
@@ -60,7 +85,8 @@ class SessionHistory:
 
 
 class PromptSource:
-    def __init__(self, df: pd.DataFrame, block_size: int, tokenizer_name: str = "kvbench-builtin-v1"):
+    def __init__(self, df: pd.DataFrame, block_size: int, tokenizer_name: str = "kvbench-builtin-v1",
+                 meta: TraceMeta | None = None):
         self.df = df
         self.block_size = block_size
         self.tok = BuiltinTokenizer()
@@ -73,6 +99,7 @@ class PromptSource:
         self._text_col = df["prompt"].tolist() if self._has_text else None
         self._input_tokens = df["input_tokens"].tolist()
         self._user_tokens = df["user_tokens"].tolist() if "user_tokens" in df.columns else None
+        self._source = SourcePrompts(df, meta) if meta is not None and meta.hash_only else None
 
     def _trace_ids(self, i: int) -> list[int] | None:
         if self._ids_col is not None:
@@ -83,6 +110,8 @@ class PromptSource:
 
     def _ids(self, i: int) -> list[int] | None:
         ids = self._trace_ids(i)
+        if ids is None and self._source is not None:
+            return self._source.token_ids(i)
         if ids is None and self._text(i) is None:
             r = self.df.iloc[i]
             return synthesize_ids(r["hash_ids"], int(r["input_tokens"]), self.block_size, str(r["request_id"]))

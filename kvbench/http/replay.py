@@ -232,7 +232,8 @@ class HttpReplay:
             self.router = make_router(spec.router, RouterConfig(
                 workers=self.n, block_size=self.router_bs, seed=spec.seed, params=dict(spec.router_params),
                 cache_blocks=num_blocks))
-            self.prompts = PromptSource(self.df, self.plan.trace.block_size, self.plan.trace.meta.tokenizer)
+            self.prompts = PromptSource(self.df, self.plan.trace.block_size, self.plan.trace.meta.tokenizer,
+                                        self.plan.trace.meta)
             if spec.reset_cache:
                 recs = await asyncio.gather(*(reset_and_verify(session, u, self.settings, bs) for u in self.urls))
                 hygiene: Any = [r.to_json() for r in recs]

@@ -1,4 +1,4 @@
-"""Assemble generated requests into the trace table (kvbench.trace.TRACE_SCHEMA) and write it.
+"""Assemble generated requests into the trace table (kvbench.trace.trace_schema) and write it.
 
 Generators hand over columns plus the token ids of every prompt; hash ids, lengths and the Arrow list
 columns are computed here once, vectorised, for every workload family.
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from kvbench.errors import fail
 from kvbench.hashing import block_hashes_many
-from kvbench.trace import TRACE_SCHEMA, TraceMeta, write_trace
+from kvbench.trace import TraceMeta, trace_schema, write_trace
 
 T = TypeVar("T")
 
@@ -38,6 +38,9 @@ class Rows:
     # Imports hash in chunks as they synthesize tokens and may drop the tokens afterwards:
     hash_ids: list[np.ndarray | None] = field(default_factory=list)
     input_tokens: list[int] = field(default_factory=list)
+    # hash-only imports (kvbench.trace.SOURCE_FIELDS): the source's block ids and the row's import number
+    source_ids: list[np.ndarray] = field(default_factory=list)
+    source_row: list[int] = field(default_factory=list)
 
     def add(
         self,
@@ -54,6 +57,7 @@ class Rows:
         prompt: str | None = None,
         hash_ids: np.ndarray | None = None,
         input_tokens: int | None = None,
+        source: tuple[np.ndarray, int] | None = None,
     ) -> None:
         if tokens is None and (hash_ids is None or input_tokens is None):
             raise ValueError("a request without tokens needs its hash_ids and input_tokens")
@@ -69,6 +73,9 @@ class Rows:
         self.user_tokens.append(user_tokens)
         self.prompt.append(prompt)
         self.tokens.append(tokens)
+        if source is not None:
+            self.source_ids.append(source[0])
+            self.source_row.append(source[1])
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -84,8 +91,9 @@ def _list_array(values: np.ndarray, lengths: np.ndarray, typ: pa.DataType) -> pa
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=typ))
 
 
-def build_table(rows: Rows, block_size: int, keep_token_ids: bool = True) -> pa.Table:
-    """The Arrow table in TRACE_SCHEMA; hash ids cover full blocks only."""
+def build_table(rows: Rows, meta: TraceMeta, keep_token_ids: bool = True) -> pa.Table:
+    """The Arrow table in the trace's schema; hash ids cover full blocks only (none in a hash-only trace)."""
+    block_size = meta.block_size
     n = len(rows)
     if n == 0:
         raise fail("no requests were generated; check the input data and the selection options")
@@ -96,7 +104,11 @@ def build_table(rows: Rows, block_size: int, keep_token_ids: bool = True) -> pa.
     flat = np.zeros(0, dtype=np.int32)
     if have_tokens and lengths.sum():
         flat = np.concatenate([np.asarray(rows.tokens[i], dtype=np.int32) for i in order])
-    if all(h is not None for h in rows.hash_ids):
+    if meta.hash_only:
+        if len(rows.source_ids) != n:
+            raise ValueError("a hash-only trace needs the source ids of every request")
+        counts, hashes = np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    elif all(h is not None for h in rows.hash_ids):
         counts = np.fromiter((len(rows.hash_ids[i]) for i in order), dtype=np.int64, count=n)  # type: ignore[arg-type]
         hashes = np.concatenate([rows.hash_ids[i] for i in order]) if counts.sum() else np.zeros(0, np.int64)
     else:
@@ -128,11 +140,18 @@ def build_table(rows: Rows, block_size: int, keep_token_ids: bool = True) -> pa.
         else pa.nulls(n, pa.list_(pa.int32())),
         "hash_ids": _list_array(hashes, counts, pa.int64()),
     }
-    return pa.Table.from_arrays([columns[f.name] for f in TRACE_SCHEMA], schema=TRACE_SCHEMA)
+    schema = trace_schema(meta)
+    if meta.hash_only:
+        src_count = np.fromiter((len(rows.source_ids[i]) for i in order), dtype=np.int64, count=n)
+        src_flat = (np.concatenate([rows.source_ids[i] for i in order]) if src_count.sum()
+                    else np.zeros(0, dtype=np.int64))
+        columns["source_ids"] = _list_array(src_flat, src_count, pa.int64())
+        columns["source_row"] = pa.array(np.asarray(rows.source_row, dtype=np.int64)[order], pa.int64())
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def write(output: Path, rows: Rows, meta: TraceMeta, keep_token_ids: bool = True) -> Path:
-    table = build_table(rows, meta.block_size, keep_token_ids)
+    table = build_table(rows, meta, keep_token_ids)
     path = write_trace(output, table, meta)
     warn(f"wrote {table.num_rows} requests to {path}")
     return path

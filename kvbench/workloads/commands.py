@@ -147,7 +147,7 @@ def trace_import(
     block_size: BlockSize = 16,
     tokenizer: TokenizerDir = None,
     prompt_text: Annotated[bool, _opt(TraceConfig, "prompt_text", "--prompt-text/--no-prompt-text")] = False,
-    token_ids: TokenIds = True,
+    token_ids: Annotated[bool, _opt(TraceConfig, "token_ids", "--token-ids/--no-token-ids")] = False,
 ) -> None:
     """Import a public trace; prompts are synthesized from its hash ids with exact input lengths."""
     _run("trace", output, locals())
@@ -158,9 +158,9 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Requests, sessions, token statistics, arrival rate, distinct blocks and the ideal hit rate."""
-    from kvbench.workloads.summary import render, summarize
+    from kvbench.workloads.summary import render, summarize_file
 
-    summary = summarize(read_trace(trace))
+    summary = summarize_file(trace)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

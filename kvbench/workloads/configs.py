@@ -111,6 +111,10 @@ class GenerateConfig(BaseModel):
     tokenizer: TokenizerDir = None
     token_ids: TokenIds = True
 
+    @property
+    def stores_token_ids(self) -> bool:
+        return self.token_ids
+
     @abstractmethod
     def arrival_spec(self) -> ArrivalSpec:
         """How requests arrive: each source names its own flags (rate, timestamps, burstiness)."""
@@ -343,6 +347,20 @@ class TraceConfig(GenerateConfig):
         None, description="Requests per second when --arrival is not trace (default 1); with --synthetic and "
         "--arrival trace, the stand-in's own request rate instead of --duration.")
     prompt_text: bool = Field(False, description="Also store decoded prompt text (slow on large traces).")
+    token_ids: bool = Field(
+        False, description="Store every prompt's token ids (a one-hour Mooncake trace: 300 MB instead of 3 MB). "
+        "Without it the trace keeps the source's hash ids and prompts are synthesized, the same tokens, when "
+        "sent; a --tokenizer import always stores them.")
+
+    @property
+    def hash_only(self) -> bool:
+        """Keep the source's ids instead of materialized prompts (send-time synthesis uses the built-in
+        tokenizer, so an import with another tokenizer stores its tokens)."""
+        return not (self.token_ids or self.prompt_text or self.tokenizer is not None)
+
+    @property
+    def stores_token_ids(self) -> bool:
+        return self.token_ids or self.tokenizer is not None
 
     def arrival_spec(self) -> ArrivalSpec:
         rate = self.rate if self.rate is not None and (not self.synthetic or self.arrival != "trace") else 1.0

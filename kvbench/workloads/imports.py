@@ -28,6 +28,7 @@ from kvbench.workloads.text import TextCodec
 Format = Literal["mooncake", "bailian", "azure"]
 FORMATS: tuple[str, ...] = get_args(Format)
 SOURCE_BLOCK = {"mooncake": 512, "bailian": 16, "azure": 0}
+NO_SOURCE_BLOCK = 1 << 30  # a hash-only Azure trace's source_block: no ids listed, every token the request's own
 EXPECTED = {
     "mooncake": "Mooncake JSONL (timestamp in ms, input_length, output_length, hash_ids)",
     "bailian": "Bailian JSONL or CSV (chat_id, parent_chat_id, timestamp in s, input_length, output_length, "
@@ -280,7 +281,10 @@ def generate_import(
     block_size: int,
     keep_token_ids: bool,
     with_text: bool,
+    hash_only: bool = False,
 ) -> Rows:
+    """``hash_only``: rows keep the source's ids (kvbench.trace.SOURCE_FIELDS) instead of synthesized tokens and
+    their hashes; replays derive the same hash equalities and synthesize the same tokens when sending."""
     n = len(src.input_len)
     rng = np.random.default_rng(seed)
     parent, turn, session = sessions_of(src) if cfg.sessions else ([None] * n, [0] * n, [None] * n)
@@ -305,8 +309,10 @@ def generate_import(
     src_start = np.zeros(n, dtype=np.int64)
     np.cumsum(src.src_count[:-1], out=src_start[1:])
     rows = Rows()
-    chunks = _chunks(src.input_len, CHUNK_TOKENS)
+    chunks = [] if hash_only else _chunks(src.input_len, CHUNK_TOKENS)
     try:
+        if hash_only:
+            _add_source_rows(rows, cfg, src, src_start, arrival, think, parent, turn, session)
         for lo, hi in tracked(chunks, "synthesizing prompts", total=len(chunks)):
             lengths = src.input_len[lo:hi]
             tokens = synthesize_tokens(
@@ -323,14 +329,8 @@ def generate_import(
             tok_split = np.split(tokens, np.cumsum(lengths)[:-1]) if hi - lo > 1 else [tokens]
             hash_split = np.split(hashes, np.cumsum(counts)[:-1]) if hi - lo > 1 else [hashes]
             for k, i in enumerate(range(lo, hi)):
-                p = parent[i]
-                user = None
-                if p is not None:
-                    grown = int(src.input_len[i] - src.input_len[p] - src.output_len[p])
-                    user = min(max(grown, 0), int(src.input_len[i]))
-                group = session[i] or (
-                    f"b{int(src.src_ids[src_start[i]]) & 0xFFFFFFFFFFFF:x}" if src.src_count[i] else None
-                )
+                user = _user_tokens(src, parent, i)
+                group = _group(src, src_start, session, i)
                 toks = tok_split[k]
                 rows.add(
                     request_id=f"{cfg.fmt}-{i:07d}",
@@ -350,6 +350,34 @@ def generate_import(
         # a cut trace whose metadata claims the whole source would be replayed as if it were complete
         raise interrupted(f"import of {n} requests stopped after {len(rows)}; no trace written") from None
     return rows
+
+
+def _group(src: SourceRequests, src_start: np.ndarray, session: list[str | None], i: int) -> str | None:
+    """A session, else the first source block: requests that share it share a prefix."""
+    return session[i] or (f"b{int(src.src_ids[src_start[i]]) & 0xFFFFFFFFFFFF:x}" if src.src_count[i] else None)
+
+
+def _user_tokens(src: SourceRequests, parent: list[int | None], i: int) -> int | None:
+    """A turn's new tokens: its prompt beyond the previous turn's prompt and answer."""
+    p = parent[i]
+    if p is None:
+        return None
+    grown = int(src.input_len[i] - src.input_len[p] - src.output_len[p])
+    return min(max(grown, 0), int(src.input_len[i]))
+
+
+def _add_source_rows(rows: Rows, cfg: ImportSettings, src: SourceRequests, src_start: np.ndarray,
+                     arrival: np.ndarray, think: np.ndarray, parent: list[int | None], turn: list[int],
+                     session: list[str | None]) -> None:
+    empty = np.zeros(0, dtype=np.int64)
+    inp, out, count = src.input_len.tolist(), src.output_len.tolist(), src.src_count.tolist()
+    starts = src_start.tolist()
+    for i in range(len(inp)):
+        rows.add(request_id=f"{cfg.fmt}-{i:07d}", arrival_s=arrival[i], tokens=None, input_tokens=inp[i],
+                 hash_ids=empty, output_tokens=out[i], session_id=session[i], turn=turn[i],
+                 think_s=float(think[i]), group_id=_group(src, src_start, session, i),
+                 user_tokens=_user_tokens(src, parent, i),
+                 source=(src.src_ids[starts[i]:starts[i] + count[i]], i))
 
 
 def _chunks(lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:

@@ -42,7 +42,7 @@ def generate(kind: str, config: GenerateConfig, output: Path) -> Path:
         raise fail(f"--output {output}: is a directory; give a file name such as trace.parquet")
     codec = TextCodec(load_tokenizer(config.tokenizer))
     rows, meta = _WRITERS[kind](config, codec)
-    build.write(output, rows, meta, config.token_ids)
+    build.write(output, rows, meta, config.stores_token_ids)
     return output
 
 
@@ -152,14 +152,19 @@ def _trace(config: Any, codec: TextCodec) -> tuple[build.Rows, TraceMeta]:
         described += f", {moved} rows sorted into time order"
     cfg = config.settings()
     params["resolved"] = plain(asdict(cfg))
-    rows = im.generate_import(cfg, src, codec, config.seed, config.block_size, config.token_ids, config.prompt_text)
+    rows = im.generate_import(cfg, src, codec, config.seed, config.block_size, config.stores_token_ids, config.prompt_text,
+                              config.hash_only)
     block = im.SOURCE_BLOCK[fmt]
     how = (
         f"prompt tokens synthesized from its {block}-token hash_ids"
         if block
         else "no prefix information: every prompt has unique tokens"
     )
-    return rows, _meta(config, codec, f"trace:{fmt}", params, stand_in is not None, f"{described}; {how}")
+    meta = _meta(config, codec, f"trace:{fmt}", params, stand_in is not None, f"{described}; {how}")
+    if config.hash_only:
+        # Azure lists no ids: its blocks are each request's own, derived from the row alone
+        meta.source_block = block or im.NO_SOURCE_BLOCK
+    return rows, meta
 
 
 def _synthetic_source(

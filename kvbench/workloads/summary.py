@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from kvbench.trace import Trace, ideal_hit_rate
+from kvbench.trace import Trace, ideal_hit_rate, read_trace
+
+
+def _distinct(values: np.ndarray) -> int:
+    if len(values) == 0:
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:
@@ -23,16 +32,35 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(trace: Trace) -> dict[str, Any]:
+PROMPT_COLUMNS = ("prompt_token_ids", "prompt")
+
+
+def summarize_file(path: Path) -> dict[str, Any]:
+    """Summarize without loading the prompts: on a trace with materialized token ids they are most of the file
+    (a one-hour Mooncake import: 145M ids), and inspect only counts which rows have them, batch by batch."""
+    trace = read_trace(path, skip=PROMPT_COLUMNS)
+    present = dict.fromkeys(PROMPT_COLUMNS, 0)
+    pf = pq.ParquetFile(path)
+    cols = [c for c in PROMPT_COLUMNS if c in pf.schema_arrow.names]
+    if cols:
+        for batch in pf.iter_batches(columns=cols, batch_size=1024):
+            for c in cols:
+                present[c] += batch.num_rows - batch.column(c).null_count
+    return summarize(trace, present)
+
+
+def summarize(trace: Trace, present: dict[str, int] | None = None) -> dict[str, Any]:
+    """``present``: rows with token ids / text, when counted without loading them (:func:`summarize_file`)."""
     df = trace.df
     n = len(df)
     arrival = df["arrival_s"].to_numpy(dtype=np.float64)
     duration = float(arrival.max() - arrival.min()) if n else 0.0
     sessions = df["session_id"].dropna()
-    hashes = [np.asarray(h, dtype=np.int64) for h in df["hash_ids"]]
+    hashes = trace.hash_ids_at(trace.block_size)
     flat = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.int64)
-    has_ids = int(df["prompt_token_ids"].notna().sum()) if "prompt_token_ids" in df else 0
-    has_text = int(df["prompt"].notna().sum()) if "prompt" in df else 0
+    if present is None:
+        present = {c: int(df[c].notna().sum()) if c in df else 0 for c in PROMPT_COLUMNS}
+    has_ids, has_text = present["prompt_token_ids"], present["prompt"]
     meta = trace.meta
     return {
         "file": str(trace.path) if trace.path else None,
@@ -53,7 +81,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "duration_s": round(duration, 3),
         "arrival_rate_per_s": round((n - 1) / duration, 3) if duration > 0 else None,
         "blocks": int(len(flat)),
-        "distinct_blocks": int(len(np.unique(flat))),
+        "distinct_blocks": _distinct(flat),
         "with_token_ids": has_ids,
         "with_text": has_text,
         "ideal_hit_rate": round(ideal_hit_rate(trace), 4),

@@ -220,3 +220,27 @@ def test_sleep_until_is_never_early_and_cancels_cleanly():
 
     for _ in range(2):  # a second event loop after the first has closed
         assert max(asyncio.run(main())) <= 0
+
+
+def test_an_imported_hash_only_trace_sends_the_tokens_a_materialized_import_stores(tmp_path, fake_server):
+    """A hash-only Mooncake import synthesizes each prompt when it is sent: the server receives the token ids
+    the same import stores under --token-ids, and its cache hits follow the shared source blocks."""
+    from tests.workloads.conftest import run_cli
+
+    from kvbench.trace import read_trace
+
+    paths = {}
+    for name, extra in (("ids", ["--token-ids"]), ("hash", [])):
+        paths[name] = tmp_path / f"{name}.parquet"
+        r = run_cli("generate", "trace", "--format", "mooncake", "--synthetic", "--flavour", "conversation",
+                    "--requests", "12", "--duration", "1", "--seed", "5", "-o", paths[name], *extra)
+        assert r.code == 0, r.message
+    srv = fake_server()
+    res = run_http(spec_for(tmp_path, [srv.url], reset_cache=False), read_trace(paths["hash"]))
+    assert (res.rows["status"] == "ok").all()
+    stored = read_trace(paths["ids"]).df
+    expected = {len(ids): np.asarray(ids).tolist() for ids in stored["prompt_token_ids"]}
+    sent = [r.body["prompt"] for r in srv.received if r.path.endswith("/completions")]
+    assert len(sent) == len(stored) and len(expected) == len(stored)  # lengths identify the prompts here
+    assert all(p == expected[len(p)] for p in sent)
+    assert res.rows["cached_tokens"].sum() > 0

@@ -10,7 +10,8 @@ def _df(path):
 def test_mooncake_blocks_follow_source_ids(cli, tmp_path, mooncake_file):
     out = tmp_path / "m.parquet"
     r = cli(
-        "generate", "trace", "--format", "mooncake", "--input", mooncake_file, "-o", out, "--time-scale", "2"
+        "generate", "trace", "--format", "mooncake", "--input", mooncake_file, "-o", out, "--time-scale", "2",
+        "--token-ids",
     )
     assert r.code == 0, r.message
     df = _df(out)
@@ -32,8 +33,8 @@ def test_mooncake_blocks_follow_source_ids(cli, tmp_path, mooncake_file):
 
 def test_bailian_jsonl_and_csv_agree_and_link_sessions(cli, tmp_path, bailian_jsonl, bailian_csv):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    assert cli("generate", "trace", "--format", "bailian", "--input", bailian_jsonl, "-o", a).code == 0
-    r = cli("generate", "trace", "--format", "bailian", "--input", bailian_csv, "-o", b)
+    assert cli("generate", "trace", "--format", "bailian", "--input", bailian_jsonl, "-o", a, "--token-ids").code == 0
+    r = cli("generate", "trace", "--format", "bailian", "--input", bailian_csv, "-o", b, "--token-ids")
     assert r.code == 0, r.message
     da, db = _df(a), _df(b)
     for col in ("input_tokens", "arrival_s", "session_id", "turn", "think_s", "user_tokens"):
@@ -109,9 +110,13 @@ def test_max_requests_and_no_token_ids(cli, tmp_path, mooncake_file):
         "--no-token-ids",
     )
     assert r.code == 0, r.message
-    df = _df(out)
+    trace = read_trace(out)
+    df = trace.df
     assert len(df) == 2 and df["prompt_token_ids"].isna().all()
-    assert (df["hash_ids"].map(len) == df["input_tokens"] // 16).all()
+    # hash-only: the source's ids are kept, the hash ids at any block size are derived from them
+    assert trace.meta.source_block == 512 and (df["hash_ids"].map(len) == 0).all()
+    assert [list(x) for x in df["source_ids"]] == [[1, 2, 3], [1, 2, 4]] and df["source_row"].tolist() == [0, 1]
+    assert [len(h) for h in trace.hash_ids_at(16)] == (df["input_tokens"] // 16).tolist()
 
 
 def test_seed_changes_tokens_not_structure(cli, tmp_path, mooncake_file):
