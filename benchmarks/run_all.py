@@ -30,7 +30,7 @@ from pathlib import Path
 from kvbench.fsutil import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_generate", "bench_cache", "bench_sim", "bench_report", "bench_client", "bench_http")
+BENCHMARKS = ("bench_generate", "bench_cache", "bench_sim", "bench_scale", "bench_report", "bench_client", "bench_http")
 NEEDS_VLLM = {"bench_http"}
 VLLM_OPTIONAL = {"bench_client"}  # without vllm: --skip-vllm (kvbench's column only)
 STOP_GRACE_S = 90  # bench_http stops its vLLM server on Ctrl-C; give it time before killing

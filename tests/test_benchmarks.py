@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-EXPECTED = ("bench_generate", "bench_cache", "bench_sim", "bench_report", "bench_client")
+EXPECTED = ("bench_generate", "bench_cache", "bench_sim", "bench_scale", "bench_report", "bench_client")
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(e-?\d+)?x?\b")
 
 
