@@ -87,7 +87,7 @@ def hit_rate(rows: Path) -> float:
     return float(df["cached_tokens"].sum() / df["input_tokens"].sum())
 
 
-def bench_source(name: str, source: Path, work: Path, base: Path | None, figs: FigureSet, quick: bool) -> None:
+def bench_source(name: str, source: Path, work: Path, base: Path | None, figs: FigureSet) -> None:
     d = work / name
     d.mkdir()
     trees = {"now": ROOT} | ({"baseline": base} if base is not None else {})
@@ -113,16 +113,15 @@ def bench_source(name: str, source: Path, work: Path, base: Path | None, figs: F
             line += f"{then.seconds:>9.2f} s {then.peak_mb:>7.0f} MB{now.seconds / then.seconds:>8.2f}"
             figs.add(f"{name} {title} time vs baseline", now.seconds / then.seconds, "x")
         print(line)
-        goal = GOALS.get(f"{key}_s") if not quick and name == "conversation" else None
+        goal = GOALS.get(f"{key}_s") if name == "conversation" else None  # (run_all does not judge --quick)
         figs.add(f"{name} {title} wall time", now.seconds, "s", goal)
-        peak_goal = GOALS.get(f"{key}_peak_mb") if not quick and name == "conversation" else None
+        peak_goal = GOALS.get(f"{key}_peak_mb") if name == "conversation" else None
         figs.add(f"{name} {title} peak memory", now.peak_mb, "MB", peak_goal)
     line = f"  {'trace file':16}{size_mb['now']:>12.1f} MB"
     if base is not None:
         line += f"{size_mb['baseline']:>20.1f} MB"
     print(line)
-    figs.add(f"{name} trace file", size_mb["now"], "MB", GOALS["import_mb"] if not quick and name == "conversation"
-             else None)
+    figs.add(f"{name} trace file", size_mb["now"], "MB", GOALS["import_mb"] if name == "conversation" else None)
     if base is None:
         return
     # same results: the baseline's hash-only import (token hashes, no token ids for the router to match)
@@ -159,9 +158,9 @@ def main() -> None:
             requests = ["--requests", "600"] if args.quick else []
             run(ROOT, ["generate", "trace", "--format", "mooncake", "--synthetic", "--flavour", "conversation",
                        *requests, "--write-source", str(stand_in), "-o", str(work / "unused.parquet")], work)
-            bench_source("conversation", stand_in, work, base, figs, args.quick)
+            bench_source("conversation", stand_in, work, base, figs)
             for src in args.source:
-                bench_source(src.stem, src.resolve(), work, base, figs, args.quick)
+                bench_source(src.stem, src.resolve(), work, base, figs)
         finally:
             if base is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
