@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cmp_to_key
 
+import numpy as np
+
 from kvbench.cache import PrefixCache
 from kvbench.routing.base import Completion, Router, RouteRequest
 from kvbench.sim.latency import LatencyProfile, attn_pairs, frontend_delay
@@ -69,12 +71,12 @@ class SimRequest:
                  "prefill_end", "release_s", "route", "status", "think_s", "token_s", "total_blocks",
                  "worker")
 
-    def __init__(self, idx: int, route: RouteRequest, hashes: list[int], block_size: int):
+    def __init__(self, idx: int, route: RouteRequest, hashes: np.ndarray, block_size: int):
         self.idx = idx
         self.route = route
         self.input = route.input_tokens
         self.output = max(1, route.output_tokens)  # one sampled token ends any prefill
-        self.hashes = hashes  # the prompt's full blocks (the trace's hash ids)
+        self.hashes = np.asarray(hashes, dtype=np.int64)  # the prompt's full blocks (the trace's hash ids)
         # KV slots as vLLM allocates them: the prompt plus every generated token but the last, which is
         # sampled and never fed back through the model.
         self.total_blocks = -(-(self.input + self.output - 1) // block_size)
@@ -107,10 +109,12 @@ class SimRequest:
         session turns the keys of the next turn's prompt instead."""
         keys = self.keys
         if keys is None:
+            # a list of Python ints only while the request is in the engine (the cache looks keys up one by
+            # one); the trace's numpy ids otherwise: a one-hour trace has 9M prompt blocks at block size 16
             n = self.full_blocks - len(self.hashes)
-            keys = self.hashes
+            keys = self.hashes.tolist()
             if n > 0:
-                keys = keys + output_keys(self.route.request_id, keys[-1] if keys else None, n)
+                keys += output_keys(self.route.request_id, keys[-1] if keys else None, n)
             self.keys = keys
         return keys
 
@@ -156,9 +160,9 @@ def use_generated_history(requests: Iterable[SimRequest]) -> int:
         p = len(r.hashes)
         end = r.full_blocks
         if (nxt.input < r.input + r.route.output_tokens or len(nxt.hashes) < end
-                or nxt.hashes[:p] != r.hashes):
+                or not np.array_equal(nxt.hashes[:p], r.hashes)):
             continue
-        r.keys = r.hashes + nxt.hashes[p:end]
+        r.keys = nxt.hashes[:end].tolist()
         linked += 1
     return linked
 
@@ -568,6 +572,7 @@ class ClusterSimulator:
             cache = worker.cache
             for r in ended:
                 cache.release(r.adm)
+                r.keys = None  # done: nothing looks its blocks up again
                 r.status = "ok"
                 r.done_s = now
                 self.router.complete(r.route, r.worker, now, Completion(

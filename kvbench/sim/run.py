@@ -45,7 +45,7 @@ def build_requests(plan: ReplayPlan) -> tuple[list[SimRequest], list[tuple[float
             output_tokens=int(cols["output_tokens"][i]), hash_ids=h,
             prompt_token_ids=_none(cols["prompt_token_ids"][i]), prompt=_none(cols["prompt"][i]),
             session_id=_none(cols["session_id"][i]))
-        r = SimRequest(k, route, h.tolist(), plan.block_size)
+        r = SimRequest(k, route, h, plan.block_size)
         r.think_s = float(think[i])
         reqs.append(r)
     first = []
@@ -199,7 +199,7 @@ def _policy_future(reqs: list[SimRequest], capacity: int | None, assignment: lis
             keys.append([])
             hittable.append(0)
         else:
-            keys.append(r.hashes)
+            keys.append(r.hashes.tolist())
             hittable.append(min(len(r.hashes), r.max_hit))
     return keys, hittable
 

@@ -75,12 +75,15 @@ def engine(tmp_path, path, cache_tokens, block_size, history=None):
     reqs, first = build_requests(make_plan(resolve(spec), read_trace(path)))
     if history is not None:
         history(reqs)
+    # each request's block keys as the run starts (the engine drops a finished request's list to save memory)
+    keys = {r.route.request_id: list(r.block_keys()) for r in reqs}
     capacity = None if cache_tokens is None else cache_tokens // block_size
     cache = PrefixCache(capacity, make_policy("lru"), block_size)
     profile = load_profile(str(write_profile(tmp_path / "hand.toml")))
     worker = Worker(0, cache, profile, SchedulerConfig())
     router = make_router("round_robin", RouterConfig(workers=1, block_size=block_size, seed=0))
     ClusterSimulator([worker], router, reqs).run(first)
+    worker.keys_at_start = keys
     return {r.route.request_id: r for r in reqs}, worker
 
 
@@ -130,8 +133,8 @@ def test_output_blocks_are_cached_and_evictable_when_the_request_ends(tmp_path):
     reqs, worker = engine(tmp_path, path, cache_tokens=None, block_size=16)
     cache = worker.cache
     assert cache.cached_blocks == cache.evictable_blocks == 6 and cache.used_blocks == 6
-    keys = reqs["a"].keys
-    assert keys[:2] == reqs["a"].hashes and len(keys) == 6 and all(k in cache for k in keys)
+    keys = worker.keys_at_start["a"]
+    assert keys[:2] == reqs["a"].hashes.tolist() and len(keys) == 6 and all(k in cache for k in keys)
 
 
 def test_output_blocks_compete_for_eviction(tmp_path):
@@ -166,14 +169,15 @@ def test_answer_blocks_are_hit_by_the_next_turn_only_with_generated_history(tmp_
     reqs, _ = engine(tmp_path, path, cache_tokens=None, block_size=16)
     assert reqs["t1"].cached == 32
     # generated history: turn 0's output blocks hold the answer the next prompt repeats, so they hit too
-    reqs, _ = engine(tmp_path, path, cache_tokens=None, block_size=16, history=use_generated_history)
-    assert reqs["t0"].keys == reqs["t1"].hashes[:4]
+    reqs, worker = engine(tmp_path, path, cache_tokens=None, block_size=16, history=use_generated_history)
+    assert worker.keys_at_start["t0"] == reqs["t1"].hashes[:4].tolist()
     assert reqs["t1"].cached == 64
     # a next turn that does not extend this turn's prompt and answer keeps per-request keys
     other = trace(tmp_path / "o.parquet", [("t0", 0.0, ids(40), 40, "s", 0, 0.0),
                                            ("t1", 0.0, ids(100, 3000), 1, "s", 1, 0.5)])
-    reqs, _ = engine(tmp_path, other, cache_tokens=None, block_size=16, history=use_generated_history)
-    assert reqs["t0"].keys[:2] == reqs["t0"].hashes and reqs["t0"].keys[2] != reqs["t1"].hashes[2]
+    reqs, worker = engine(tmp_path, other, cache_tokens=None, block_size=16, history=use_generated_history)
+    keys = worker.keys_at_start["t0"]
+    assert keys[:2] == reqs["t0"].hashes.tolist() and keys[2] != reqs["t1"].hashes[2]
     assert reqs["t1"].cached == 0
 
 
