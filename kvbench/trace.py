@@ -241,15 +241,26 @@ def hash_ids_at(trace: Trace, block_size: int) -> list[np.ndarray]:
     return [coarsen(np.asarray(h, dtype=np.int64), k) for h in col]
 
 
-def source_hash_ids(df: pd.DataFrame, meta: TraceMeta, block_size: int) -> list[np.ndarray]:
-    """A hash-only trace's hash ids per row (see :func:`kvbench.hashing.source_block_hashes`)."""
+def source_hash_ids(df: pd.DataFrame, meta: TraceMeta, block_size: int,
+                    chunk_blocks: int = 1 << 20) -> list[np.ndarray]:
+    """A hash-only trace's hash ids per row (see :func:`kvbench.hashing.source_block_hashes`), derived in
+    chunks of about ``chunk_blocks`` blocks so the temporaries stay small next to the result."""
     lists = df["source_ids"].tolist()
     count = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    flat = np.concatenate(lists).astype(np.int64, copy=False) if count.sum() else np.zeros(0, dtype=np.int64)
     inp = df["input_tokens"].to_numpy(dtype=np.int64)
-    hashes, counts = source_block_hashes(flat, count, inp, meta.source_block, block_size,
-                                         df["source_row"].to_numpy(dtype=np.int64), meta.seed or 0)
-    return np.split(hashes, np.cumsum(counts)[:-1]) if len(counts) > 1 else [hashes]
+    rows = df["source_row"].to_numpy(dtype=np.int64)
+    ends = np.cumsum(inp // block_size)
+    out: list[np.ndarray] = []
+    lo = 0
+    while lo < len(lists):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk_blocks, side="right")))
+        flat = (np.concatenate(lists[lo:hi]).astype(np.int64, copy=False) if count[lo:hi].sum()
+                else np.zeros(0, dtype=np.int64))
+        hashes, counts = source_block_hashes(flat, count[lo:hi], inp[lo:hi], meta.source_block, block_size,
+                                             rows[lo:hi], meta.seed or 0)
+        out.extend(np.split(hashes, np.cumsum(counts)[:-1]) if hi - lo > 1 else [hashes])
+        lo = hi
+    return out
 
 
 def file_sha256(path: str | Path) -> str:

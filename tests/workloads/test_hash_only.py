@@ -137,3 +137,13 @@ def test_a_hash_only_trace_with_stored_hash_ids_or_no_source_ids_is_refused(pair
     pq.write_table(table.drop(["source_ids"]), tmp_path / "cut.parquet")
     with pytest.raises(KvbenchError, match="without column 'source_ids'; re-import it"):
         read_trace(tmp_path / "cut.parquet")
+
+
+def test_deriving_in_chunks_gives_the_same_ids(pair):
+    from kvbench.trace import source_hash_ids
+
+    trace = read_trace(pair[2])
+    whole = source_hash_ids(trace.df, trace.meta, 16, chunk_blocks=1 << 40)
+    for chunk in (1, 7, 100):
+        got = source_hash_ids(trace.df, trace.meta, 16, chunk_blocks=chunk)
+        assert len(got) == len(whole) and all(np.array_equal(a, b) for a, b in zip(got, whole))
