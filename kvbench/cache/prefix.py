@@ -44,7 +44,8 @@ class Admission:
     """What one running request holds: its first ``len(pinned)`` blocks are cached and pinned (keys in
     sequence order, ``pinned == hash_ids[:len(pinned)]``), the next ``fresh_blocks`` are its own, not
     cached (yet). ``slots`` is the cache's own: where it keeps each pinned block. A released admission
-    holds nothing: both lists are emptied (a finished request's keys are not kept twice)."""
+    holds nothing and keeps no key: ``hash_ids``, ``pinned`` and ``slots`` are emptied, so a finished
+    request's keys can be freed."""
 
     hash_ids: Sequence[int]
     total_blocks: int
@@ -322,7 +323,7 @@ class PrefixCache:
             ref[s] = n
             if not n:
                 zero.append(key)
-        adm.pinned, adm.slots = [], []
+        adm.hash_ids, adm.pinned, adm.slots = (), [], []
         if zero:
             self._evictable += len(zero)
             self.policy.on_unpin(zero)

@@ -310,6 +310,18 @@ def test_the_cache_decides_as_block_by_block_on_arbitrary_keys(name):
     assert finished >= 5
 
 
+def test_a_released_admission_keeps_no_key():
+    """The simulator drops a finished request's key list; the admission it keeps must not hold it alive."""
+    cache = PrefixCache(8, make_policy("lru"), block_size=4)
+    keys = [1, 2, 3]
+    adm = cache.admit(keys, 4)
+    cache.commit(adm)
+    assert adm.pinned == keys and len(adm.slots) == 3
+    cache.release(adm)
+    assert (adm.hash_ids, adm.pinned, adm.slots, adm.fresh_blocks) == ((), [], [], 0)
+    assert cache.match(keys) == 3 and cache.evictable_blocks == 3
+
+
 # ----------------------------------------------------------------------------------- the default loops
 class Log(EvictionPolicy):
     """Records the single calls; no batch overrides, so every batch call comes through them."""
