@@ -323,17 +323,20 @@ def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_siz
     if counts.sum() == 0:
         return hits
     flat = np.concatenate([np.asarray(hash_lists[i], dtype=np.int64) for i in idx])
-    rank = np.repeat(np.arange(len(idx)), counts)
     first = first_occurrence(flat)
     del flat
+    rank = np.repeat(np.arange(len(idx), dtype=np.int32), counts)
     unseen = rank[first] == rank  # first seen in this request (no earlier one had it)
     del first
     starts = np.zeros(len(idx), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     run = counts.copy()  # leading seen blocks per request: up to its first unseen block
     where = np.nonzero(unseen)[0]
-    ranks, pos = np.unique(rank[where], return_index=True)
-    run[ranks] = where[pos] - starts[ranks]
+    ranked = rank[where]  # non-decreasing: the requests' blocks are back to back
+    head = np.ones(len(where), dtype=bool)
+    np.not_equal(ranked[1:], ranked[:-1], out=head[1:])
+    ranks = ranked[head]
+    run[ranks] = where[head] - starts[ranks]
     cap = np.maximum(0, (np.asarray(input_tokens, dtype=np.int64)[idx] - 1) // block_size)
     hits[idx] = np.minimum(run, cap) * block_size
     return hits
@@ -341,15 +344,20 @@ def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_siz
 
 def first_occurrence(values: np.ndarray) -> np.ndarray:
     """For each element, the index of the first element equal to it (one stable sort; numpy's hashing
-    ``unique`` was several times slower on millions of block ids)."""
-    order = np.argsort(values, kind="stable")
+    ``unique`` was several times slower on millions of block ids). Indices are int32 when they fit, and each
+    temporary is dropped as soon as it is used: a one-hour trace has 9M block ids."""
+    idx = np.int32 if len(values) < 2**31 else np.int64
+    order = np.argsort(values, kind="stable").astype(idx)
     ordered = values[order]
     starts = np.ones(len(values), dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     del ordered
-    group = np.cumsum(starts) - 1
-    out = np.empty(len(values), dtype=np.int64)
-    out[order] = order[starts][group]
+    group = np.cumsum(starts, dtype=idx)
+    group -= 1
+    firsts = order[starts]
+    del starts
+    out = np.empty(len(values), dtype=idx)
+    out[order] = firsts[group]
     return out
 
 

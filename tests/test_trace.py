@@ -108,3 +108,29 @@ def test_a_growing_sequence_hashes_like_the_whole_prompt():
         grown.extend(answer)
         whole = np.concatenate([whole, user, answer])
         assert grown.length == len(whole)
+
+
+def test_vectorised_ideal_hits_agree_with_a_set_of_seen_blocks():
+    """ideal_hits sorts all block ids once; check it against the plain definition (a set of blocks seen by
+    earlier requests, a hit stopping at the first unseen block), with repeats inside and across requests."""
+    from kvbench.trace import ideal_hits
+
+    def reference(lists, inp, bs, order):
+        seen, hits = set(), np.zeros(len(lists), dtype=np.int64)
+        for i in order:
+            n = 0
+            for h in lists[i][: max(0, (int(inp[i]) - 1) // bs)].tolist():
+                if h not in seen:
+                    break
+                n += 1
+            hits[i] = n * bs
+            seen.update(lists[i].tolist())
+        return hits
+
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        lists = [rng.integers(0, 1 + trial * 3, rng.integers(0, 12)) for _ in range(rng.integers(1, 60))]
+        inp = np.array([len(x) * 16 + int(rng.integers(-3, 17)) for x in lists]).clip(0)
+        order = rng.permutation(len(lists))
+        assert np.array_equal(ideal_hits(lists, inp, 16, order), reference(lists, inp, 16, order)), trial
+        assert np.array_equal(ideal_hits(lists, inp, 16), reference(lists, inp, 16, range(len(lists)))), trial
