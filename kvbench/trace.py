@@ -343,18 +343,18 @@ def ideal_hits(hash_lists: list[np.ndarray], input_tokens: np.ndarray, block_siz
 
 
 def first_occurrence(values: np.ndarray) -> np.ndarray:
-    """For each element, the index of the first element equal to it (one stable sort; numpy's hashing
+    """For each element, the index of the first element equal to it (one sort; numpy's hashing
     ``unique`` was several times slower on millions of block ids). Indices are int32 when they fit, and each
     temporary is dropped as soon as it is used: a one-hour trace has 9M block ids."""
     idx = np.int32 if len(values) < 2**31 else np.int64
-    order = np.argsort(values, kind="stable").astype(idx)
+    order = np.argsort(values).astype(idx)  # not stable: each group's first index is its minimum instead
     ordered = values[order]
     starts = np.ones(len(values), dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     del ordered
     group = np.cumsum(starts, dtype=idx)
     group -= 1
-    firsts = order[starts]
+    firsts = np.minimum.reduceat(order, np.flatnonzero(starts))
     del starts
     out = np.empty(len(values), dtype=idx)
     out[order] = firsts[group]

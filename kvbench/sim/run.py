@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any
 
@@ -107,6 +110,23 @@ def run_sim(spec: ReplaySpec | Resolved, trace: Trace, profile: LatencyProfile |
                          timeline=None if run.sampler is None else run.sampler.frame())
 
 
+@contextmanager
+def _no_gc_walks() -> Iterator[None]:
+    """No cyclic garbage collection during the simulation.
+
+    The simulation allocates millions of small containers (block keys, token times) that live until its end,
+    and each collection walked them again (0.5-1 s of a 15 s one-hour trace). Its objects form no reference
+    cycles, so reference counting frees them as before; the collector resumes afterwards (peak memory was the
+    same in the measurements)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class _Pass:
     """One simulation: its requests, workers, router, clock and whether Ctrl-C cut it short.
 
@@ -145,7 +165,7 @@ class _Pass:
         self.sampler = SimSampler(self.workers, spec.scrape_interval_s) if spec.scrape_interval_s else None
         self.sim.on_time = self.sampler
         self.interrupted = False
-        with progress:
+        with progress, _no_gc_walks():
             try:
                 self._run(first)
                 if self.sampler is not None:
