@@ -219,10 +219,7 @@ def source_block_hashes(src_ids: np.ndarray, src_count: np.ndarray, input_tokens
     salt = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
     src_start = np.zeros(len(src_count), dtype=np.int64)
     np.cumsum(src_count[:-1], out=src_start[1:])
-    # the chained prefix hash after each source block, restarted per request
-    ids = np.asarray(src_ids).astype(np.uint64, copy=False)
-    prefix = (_chained(ids ^ (salt ^ _SALT_SOURCE), src_count) if len(ids)
-              else np.empty(0, dtype=np.uint64))
+    prefix = source_prefixes(src_ids, src_count, seed)
     req = np.repeat(np.arange(len(counts)), counts)
     first = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=first[1:])
@@ -237,6 +234,16 @@ def source_block_hashes(src_ids: np.ndarray, src_count: np.ndarray, input_tokens
         base[own] = mix64(np.asarray(row_uid, dtype=np.int64)[req[own]].astype(np.uint64) ^ (salt ^ _SALT_OWN))
         h = mix64(base + e)
     return h.view(np.int64), counts
+
+
+def source_prefixes(src_ids: np.ndarray, src_count: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The chained hash of each request's source ids up to and including each source block (uint64, back to
+    back like ``src_ids``): equal values mean equal source prefixes."""
+    ids = np.asarray(src_ids).astype(np.uint64, copy=False)
+    if not len(ids):
+        return np.empty(0, dtype=np.uint64)
+    salt = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    return _chained(ids ^ (salt ^ _SALT_SOURCE), np.asarray(src_count, dtype=np.int64))
 
 
 def _chained(values: np.ndarray, counts: np.ndarray) -> np.ndarray:

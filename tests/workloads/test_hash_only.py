@@ -147,3 +147,17 @@ def test_deriving_in_chunks_gives_the_same_ids(pair):
     for chunk in (1, 7, 100):
         got = source_hash_ids(trace.df, trace.meta, 16, chunk_blocks=chunk)
         assert len(got) == len(whole) and all(np.array_equal(a, b) for a, b in zip(got, whole))
+
+
+@pytest.mark.parametrize("block_size", [16, 48, 512, 1024])
+def test_the_ideal_hit_rate_walks_source_blocks_to_the_same_hits(pair, block_size):
+    """source_ideal_hits (one entry per source block) against the generic sort of every derived block id."""
+    from kvbench.trace import ideal_hits, replay_order, source_ideal_hits
+
+    trace = read_trace(pair[2])
+    inp = trace.df["input_tokens"].to_numpy()
+    rng = np.random.default_rng(block_size)
+    for order in (replay_order(trace.df), rng.permutation(len(trace.df)), rng.permutation(len(trace.df))):
+        want = ideal_hits(trace.hash_ids_at(block_size), inp, block_size, order)
+        assert np.array_equal(source_ideal_hits(trace, block_size, order), want)
+    assert want.sum() > 0 or pair[0] == "azure"
