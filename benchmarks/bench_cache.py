@@ -22,13 +22,15 @@ import numpy as np
 from figures import FigureSet
 
 from kvbench.cache import POLICIES, PrefixCache, make_policy
+from kvbench.cache.policy import EvictionPolicy
 
 REQUEST, INSERT, ACCESS, PIN, UNPIN, VICTIM = range(6)
 TARGET_LRU_X, TARGET_ALL_X = 3.0, 10.0  # slowdown vs the OrderedDict LRU
 
 
-class Recorder:
-    """Forwards every call to the real policy and logs it."""
+class Recorder(EvictionPolicy):
+    """Forwards every call to the real policy and logs it. The interface's batch calls (``victims``,
+    ``on_insert_chain``, ``on_hits``) fall back to the single calls below, so each block is logged."""
 
     def __init__(self, policy, log: list) -> None:
         self.policy, self.log, self.name = policy, log, policy.name
@@ -58,6 +60,12 @@ class Recorder:
         key = self.policy.victim()
         self.log.append((VICTIM, key))
         return key
+
+    def on_remove(self, key):
+        self.policy.on_remove(key)
+
+    def evictable_count(self):
+        return self.policy.evictable_count()
 
 
 def make_trace(n: int, seed: int) -> list[list[int]]:
