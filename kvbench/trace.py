@@ -103,9 +103,6 @@ class Trace:
         """Hash ids per request at another block size (a multiple of the trace's)."""
         return hash_ids_at(self, block_size)
 
-    def schema(self) -> pa.Schema:
-        return trace_schema(self.meta)
-
 
 def trace_schema(meta: TraceMeta) -> pa.Schema:
     return pa.schema([*TRACE_SCHEMA, *SOURCE_FIELDS]) if meta.hash_only else TRACE_SCHEMA
@@ -241,22 +238,30 @@ def hash_ids_at(trace: Trace, block_size: int) -> list[np.ndarray]:
     return [coarsen(np.asarray(h, dtype=np.int64), k) for h in col]
 
 
+def source_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A hash-only trace's source ids back to back, how many each row has, and where each row's start."""
+    lists = df["source_ids"].tolist()
+    count = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    flat = np.concatenate(lists).astype(np.int64, copy=False) if count.sum() else np.zeros(0, dtype=np.int64)
+    start = np.zeros(len(count) + 1, dtype=np.int64)
+    np.cumsum(count, out=start[1:])
+    return flat, count, start[:-1]
+
+
 def source_hash_ids(df: pd.DataFrame, meta: TraceMeta, block_size: int,
                     chunk_blocks: int = 1 << 20) -> list[np.ndarray]:
     """A hash-only trace's hash ids per row (see :func:`kvbench.hashing.source_block_hashes`), derived in
     chunks of about ``chunk_blocks`` blocks so the temporaries stay small next to the result."""
-    lists = df["source_ids"].tolist()
-    count = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    flat, count, start = source_arrays(df)
     inp = df["input_tokens"].to_numpy(dtype=np.int64)
     rows = df["source_row"].to_numpy(dtype=np.int64)
     ends = np.cumsum(inp // block_size)
     out: list[np.ndarray] = []
     lo = 0
-    while lo < len(lists):
+    while lo < len(inp):
         hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk_blocks, side="right")))
-        flat = (np.concatenate(lists[lo:hi]).astype(np.int64, copy=False) if count[lo:hi].sum()
-                else np.zeros(0, dtype=np.int64))
-        hashes, counts = source_block_hashes(flat, count[lo:hi], inp[lo:hi], meta.source_block, block_size,
+        ids = flat[start[lo]:start[lo] + count[lo:hi].sum()]
+        hashes, counts = source_block_hashes(ids, count[lo:hi], inp[lo:hi], meta.source_block, block_size,
                                              rows[lo:hi], meta.seed or 0)
         out.extend(np.split(hashes, np.cumsum(counts)[:-1]) if hi - lo > 1 else [hashes])
         lo = hi
@@ -365,7 +370,6 @@ def ideal_hit_rate(trace: Trace, block_size: int | None = None, warmup: np.ndarr
     """``warmup`` (a row mask, see :func:`warmup_mask`): those rows are seen first and left out of the rate,
     as a replay with ``--warmup`` measures only the requests after its barrier."""
     bs = block_size or trace.block_size
-    hashes = [] if trace.meta.hash_only else hash_ids_at(trace, bs)
     inp = trace.df["input_tokens"].to_numpy()
     order = replay_order(trace.df)
     measured = np.ones(len(inp), dtype=bool)
@@ -375,7 +379,8 @@ def ideal_hit_rate(trace: Trace, block_size: int | None = None, warmup: np.ndarr
     total = int(inp[measured].sum())
     if total == 0:
         return 0.0
-    hits = source_ideal_hits(trace, bs, order) if trace.meta.hash_only else ideal_hits(hashes, inp, bs, order)
+    hits = (source_ideal_hits(trace, bs, order) if trace.meta.hash_only
+            else ideal_hits(hash_ids_at(trace, bs), inp, bs, order))
     return float(hits[measured].sum()) / total
 
 
@@ -389,16 +394,12 @@ def source_ideal_hits(trace: Trace, block_size: int, order: np.ndarray) -> np.nd
     """
     from kvbench.hashing import source_prefixes
 
-    df, sb, bs = trace.df, trace.meta.source_block, block_size
-    lists = df["source_ids"].tolist()
-    count = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    flat = np.concatenate(lists).astype(np.int64, copy=False) if count.sum() else np.zeros(0, dtype=np.int64)
+    sb, bs = trace.meta.source_block, block_size
+    flat, count, start = source_arrays(trace.df)
     prefix = source_prefixes(flat, count, trace.meta.seed or 0).tolist()
-    start = np.zeros(len(count), dtype=np.int64)
-    np.cumsum(count[:-1], out=start[1:])
-    inp = df["input_tokens"].to_numpy(dtype=np.int64)
+    inp = trace.df["input_tokens"].to_numpy(dtype=np.int64)
     most: dict[int, int] = {}  # source prefix -> the most full blocks of a request through it so far
-    hits = np.zeros(len(lists), dtype=np.int64)
+    hits = np.zeros(len(inp), dtype=np.int64)
     for i in np.asarray(order).tolist():
         n, c, at = int(inp[i]) // bs, int(count[i]), int(start[i])
         own = prefix[at:at + c]
