@@ -100,6 +100,12 @@ class PromptSource:
         self._input_tokens = df["input_tokens"].tolist()
         self._user_tokens = df["user_tokens"].tolist() if "user_tokens" in df.columns else None
         self._source = SourcePrompts(df, meta) if meta is not None and meta.hash_only else None
+        self._ready: dict[int, list[int] | None] = {}  # token ids built ahead of their send time
+
+    def prepare(self, i: int) -> None:
+        """Build row ``i``'s recorded token ids now, while the client waits for its send time: synthesizing a
+        hash-only prompt takes 0.5 ms per 12k tokens, which would otherwise add to the send lag."""
+        self._ready[i] = self._ids(i)
 
     def _trace_ids(self, i: int) -> list[int] | None:
         if self._ids_col is not None:
@@ -109,6 +115,8 @@ class PromptSource:
         return None
 
     def _ids(self, i: int) -> list[int] | None:
+        if i in self._ready:
+            return self._ready.pop(i)
         ids = self._trace_ids(i)
         if ids is None and self._source is not None:
             return self._source.token_ids(i)

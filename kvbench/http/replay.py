@@ -288,6 +288,7 @@ class HttpReplay:
         tasks: list[asyncio.Task] = []
         try:
             for start_s, kind, key in schedule:
+                self.prompts.prepare(key if kind == "single" else key[0])
                 await sleep_until(self.t0 + start_s)
                 if kind == "single":
                     tasks.append(asyncio.create_task(self._request(key, start_s, None)))

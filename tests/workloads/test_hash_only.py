@@ -161,3 +161,15 @@ def test_the_ideal_hit_rate_walks_source_blocks_to_the_same_hits(pair, block_siz
         want = ideal_hits(trace.hash_ids_at(block_size), inp, block_size, order)
         assert np.array_equal(source_ideal_hits(trace, block_size, order), want)
     assert want.sum() > 0 or pair[0] == "azure"
+
+
+def test_a_prompt_prepared_before_its_send_time_is_the_one_sent(pair):
+    """The replay builds each unit's first prompt while it waits for the send time; the prompt is the same and
+    is built for that send only."""
+    lean = read_trace(pair[2])
+    source = PromptSource(lean.df, lean.block_size, lean.meta.tokenizer, lean.meta)
+    fresh = PromptSource(lean.df, lean.block_size, lean.meta.tokenizer, lean.meta)
+    for i in (0, len(lean.df) - 1):
+        source.prepare(i)
+        assert source.recorded(i).token_ids == fresh.recorded(i).token_ids
+    assert not source._ready
